@@ -1,0 +1,493 @@
+//! The in-memory model of a file system layer, and its normalized tar form.
+//!
+//! A [`Layer`] is a sorted list of entries with relative paths (no leading `/` or `./`),
+//! parents before children, each hard-link group resolved so the first name (in sort order)
+//! holds the data and later names are [`EntryKind::Hardlink`]s to it. Everything strata
+//! writes (OCI layer tars, cpio archives, squashfs) is produced from this one model, so the
+//! normalization happens once.
+//!
+//! The tar form is what goes into the OCI store: GNU headers, entries in sorted order,
+//! numeric owners only (no user/group names), mtimes as given (clamp them first with
+//! [`Layer::clamp_mtimes`]), extended attributes as PAX `SCHILY.xattr.*` records.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read, Write};
+
+/// Errors from building, reading or writing a layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("tar entry `{path}`: unsupported entry type {kind:?}")]
+    UnsupportedType { path: String, kind: u8 },
+    #[error("tar entry `{path}`: path is not valid UTF-8")]
+    NonUtf8Path { path: String },
+    #[error("tar entry `{path}`: path escapes the layer root")]
+    UnsafePath { path: String },
+    #[error("`{path}` is a hard link to `{target}`, which is not a regular file in the layer")]
+    DanglingHardlink { path: String, target: String },
+    #[error("reading tar entry `{path}`")]
+    ReadEntry { path: String, source: io::Error },
+    #[error("reading tar stream")]
+    Read(#[source] io::Error),
+    #[error("writing tar entry `{path}`")]
+    Write { path: String, source: io::Error },
+}
+
+/// One file system object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Relative path, `/`-separated, no leading `/` or `./`, never empty.
+    pub path: String,
+    pub kind: EntryKind,
+    /// Permission and special bits (`0o7777`); the file type is in `kind`.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Seconds since the epoch.
+    pub mtime: u64,
+    /// Extended attributes, e.g. `security.capability`.
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+/// The type of an [`Entry`] and its type-specific payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    Dir,
+    File { data: Vec<u8> },
+    /// Another name for the regular file at `target` (an earlier entry of the same layer).
+    Hardlink { target: String },
+    Symlink { target: String },
+    CharDevice { major: u32, minor: u32 },
+    BlockDevice { major: u32, minor: u32 },
+    Fifo,
+}
+
+impl Entry {
+    /// A directory owned by root.
+    pub fn dir(path: &str, mode: u32, mtime: u64) -> Entry {
+        Entry::new(path, EntryKind::Dir, mode, mtime)
+    }
+
+    /// A regular file owned by root.
+    pub fn file(path: &str, data: impl Into<Vec<u8>>, mode: u32, mtime: u64) -> Entry {
+        Entry::new(path, EntryKind::File { data: data.into() }, mode, mtime)
+    }
+
+    /// A symbolic link owned by root.
+    pub fn symlink(path: &str, target: &str, mtime: u64) -> Entry {
+        Entry::new(path, EntryKind::Symlink { target: target.into() }, 0o777, mtime)
+    }
+
+    /// An entry owned by root with no extended attributes.
+    pub fn new(path: &str, kind: EntryKind, mode: u32, mtime: u64) -> Entry {
+        Entry { path: path.into(), kind, mode, uid: 0, gid: 0, mtime, xattrs: BTreeMap::new() }
+    }
+
+    /// The size of the file data (0 for everything but regular files).
+    pub fn data_len(&self) -> u64 {
+        match &self.kind {
+            EntryKind::File { data } => data.len() as u64,
+            _ => 0,
+        }
+    }
+}
+
+/// A normalized file system layer. See the module documentation for the invariants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layer {
+    entries: Vec<Entry>,
+}
+
+/// How [`Layer::read_tar`] maps tar paths into the layer.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// Drop this leading directory from every path (e.g. `root` for a tar of `/root` from a
+    /// container); the directory entry itself is dropped too.
+    pub strip_prefix: Option<String>,
+}
+
+impl Layer {
+    /// Build a layer from entries in any order. Later duplicates of a path replace earlier
+    /// ones; missing parent directories are added (mode 0755, root, the child's mtime);
+    /// hard-link groups are re-rooted at their first name in sort order.
+    pub fn from_entries(entries: Vec<Entry>) -> Result<Layer, Error> {
+        let mut by_path: BTreeMap<String, Entry> = BTreeMap::new();
+        for e in entries {
+            by_path.insert(e.path.clone(), e);
+        }
+        // Add missing parents.
+        let mut missing = Vec::new();
+        for e in by_path.values() {
+            let mut p = e.path.as_str();
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                if !by_path.contains_key(parent) {
+                    missing.push(Entry::dir(parent, 0o755, e.mtime));
+                }
+                p = parent;
+            }
+        }
+        for m in missing {
+            by_path.entry(m.path.clone()).or_insert(m);
+        }
+        let mut entries: Vec<Entry> = by_path.into_values().collect();
+        reroot_hardlinks(&mut entries)?;
+        Ok(Layer { entries })
+    }
+
+    /// The entries, sorted by path.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Consume the layer, returning its sorted entries.
+    pub fn into_entries(self) -> Vec<Entry> {
+        self.entries
+    }
+
+    /// The entry at `path`, if any.
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.entries.binary_search_by(|e| e.path.as_str().cmp(path)).ok().map(|i| &self.entries[i])
+    }
+
+    /// Total size of regular file data.
+    pub fn data_size(&self) -> u64 {
+        self.entries.iter().map(Entry::data_len).sum()
+    }
+
+    /// Set every mtime later than `epoch` to `epoch` (SOURCE_DATE_EPOCH semantics).
+    pub fn clamp_mtimes(&mut self, epoch: u64) {
+        for e in &mut self.entries {
+            e.mtime = e.mtime.min(epoch);
+        }
+    }
+
+    /// Remove every entry for which `remove` returns true, together with everything below a
+    /// removed directory. Hard links whose data-holding name is removed are re-rooted at
+    /// their next name. Returns the removed paths (directories once, not their contents).
+    pub fn remove_where(&mut self, mut remove: impl FnMut(&Entry) -> bool) -> Vec<String> {
+        let mut removed_roots: Vec<String> = Vec::new();
+        let mut kept = Vec::with_capacity(self.entries.len());
+        let mut moved_data: HashMap<String, String> = HashMap::new(); // old holder -> new holder
+        let mut orphan_data: HashMap<String, (Vec<u8>, Entry)> = HashMap::new();
+        for e in std::mem::take(&mut self.entries) {
+            let under_removed = removed_roots
+                .last()
+                .is_some_and(|r| e.path.len() > r.len() && e.path.starts_with(r.as_str()) && e.path.as_bytes()[r.len()] == b'/');
+            if under_removed || remove(&e) {
+                if !under_removed {
+                    removed_roots.push(e.path.clone());
+                }
+                if let EntryKind::File { data } = &e.kind {
+                    orphan_data.insert(e.path.clone(), (data.clone(), e.clone()));
+                }
+                continue;
+            }
+            let mut e = e;
+            if let EntryKind::Hardlink { target } = &e.kind {
+                if let Some(new) = moved_data.get(target) {
+                    e.kind = EntryKind::Hardlink { target: new.clone() };
+                } else if let Some((data, _)) = orphan_data.remove(target) {
+                    moved_data.insert(target.clone(), e.path.clone());
+                    e.kind = EntryKind::File { data };
+                }
+            }
+            kept.push(e);
+        }
+        self.entries = kept;
+        removed_roots
+    }
+
+    /// Read a tar stream (as podman's archive endpoint or an OCI layer gives it).
+    pub fn read_tar(r: impl Read, opts: &ReadOptions) -> Result<Layer, Error> {
+        let mut archive = tar::Archive::new(r);
+        let mut entries = Vec::new();
+        for item in archive.entries().map_err(Error::Read)? {
+            let mut t = item.map_err(Error::Read)?;
+            let raw_path = t.path_bytes().into_owned();
+            let shown = String::from_utf8_lossy(&raw_path).into_owned();
+            let Some(path) = clean_path(&raw_path, opts.strip_prefix.as_deref(), &shown)? else {
+                continue;
+            };
+            let header = t.header();
+            let mode = header.mode().map_err(|e| Error::ReadEntry { path: shown.clone(), source: e })? & 0o7777;
+            let uid = header.uid().map_err(|e| Error::ReadEntry { path: shown.clone(), source: e })? as u32;
+            let gid = header.gid().map_err(|e| Error::ReadEntry { path: shown.clone(), source: e })? as u32;
+            let mtime = header.mtime().map_err(|e| Error::ReadEntry { path: shown.clone(), source: e })?;
+            let entry_type = header.entry_type();
+            let link_name = || -> Result<String, Error> {
+                let l = t.link_name_bytes().ok_or_else(|| Error::ReadEntry {
+                    path: shown.clone(),
+                    source: io::Error::new(io::ErrorKind::InvalidData, "link without target"),
+                })?;
+                String::from_utf8(l.into_owned()).map_err(|_| Error::NonUtf8Path { path: shown.clone() })
+            };
+            let device = |h: &tar::Header| -> (u32, u32) {
+                (h.device_major().ok().flatten().unwrap_or(0), h.device_minor().ok().flatten().unwrap_or(0))
+            };
+            let kind = match entry_type {
+                tar::EntryType::Directory => EntryKind::Dir,
+                tar::EntryType::Symlink => EntryKind::Symlink { target: link_name()? },
+                tar::EntryType::Link => {
+                    let target = link_name()?;
+                    let Some(target) = clean_path(target.as_bytes(), opts.strip_prefix.as_deref(), &shown)? else {
+                        return Err(Error::DanglingHardlink { path: shown, target });
+                    };
+                    EntryKind::Hardlink { target }
+                }
+                tar::EntryType::Char => {
+                    let (major, minor) = device(header);
+                    EntryKind::CharDevice { major, minor }
+                }
+                tar::EntryType::Block => {
+                    let (major, minor) = device(header);
+                    EntryKind::BlockDevice { major, minor }
+                }
+                tar::EntryType::Fifo => EntryKind::Fifo,
+                tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File { data: Vec::new() },
+                other => return Err(Error::UnsupportedType { path: shown, kind: other.as_byte() }),
+            };
+            let mut xattrs = BTreeMap::new();
+            if let Some(exts) = t.pax_extensions().map_err(|e| Error::ReadEntry { path: shown.clone(), source: e })? {
+                for ext in exts {
+                    let ext = ext.map_err(|e| Error::ReadEntry { path: shown.clone(), source: e })?;
+                    if let Some(name) = ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")) {
+                        xattrs.insert(name.to_string(), ext.value_bytes().to_vec());
+                    }
+                }
+            }
+            let kind = match kind {
+                EntryKind::File { .. } => {
+                    let mut data = Vec::with_capacity(t.size() as usize);
+                    t.read_to_end(&mut data).map_err(|e| Error::ReadEntry { path: shown.clone(), source: e })?;
+                    EntryKind::File { data }
+                }
+                k => k,
+            };
+            entries.push(Entry { path, kind, mode, uid, gid, mtime, xattrs });
+        }
+        Layer::from_entries(entries)
+    }
+
+    /// Write the layer as a normalized tar stream (see the module documentation).
+    pub fn write_tar(&self, w: impl Write) -> Result<(), Error> {
+        let mut b = tar::Builder::new(w);
+        b.mode(tar::HeaderMode::Complete);
+        for e in &self.entries {
+            let werr = |source| Error::Write { path: e.path.clone(), source };
+            if !e.xattrs.is_empty() {
+                let records: Vec<(String, &[u8])> =
+                    e.xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice())).collect();
+                b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v))).map_err(werr)?;
+            }
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(e.mode);
+            h.set_uid(e.uid.into());
+            h.set_gid(e.gid.into());
+            h.set_mtime(e.mtime);
+            h.set_size(0);
+            let path = match e.kind {
+                EntryKind::Dir => format!("{}/", e.path),
+                _ => e.path.clone(),
+            };
+            match &e.kind {
+                EntryKind::Dir => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    b.append_data(&mut h, &path, io::empty()).map_err(werr)?;
+                }
+                EntryKind::File { data } => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(data.len() as u64);
+                    b.append_data(&mut h, &path, data.as_slice()).map_err(werr)?;
+                }
+                EntryKind::Hardlink { target } => {
+                    h.set_entry_type(tar::EntryType::Link);
+                    b.append_link(&mut h, &path, target).map_err(werr)?;
+                }
+                EntryKind::Symlink { target } => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    b.append_link(&mut h, &path, target).map_err(werr)?;
+                }
+                EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } => {
+                    h.set_entry_type(if matches!(e.kind, EntryKind::CharDevice { .. }) {
+                        tar::EntryType::Char
+                    } else {
+                        tar::EntryType::Block
+                    });
+                    h.set_device_major(*major).map_err(werr)?;
+                    h.set_device_minor(*minor).map_err(werr)?;
+                    b.append_data(&mut h, &path, io::empty()).map_err(werr)?;
+                }
+                EntryKind::Fifo => {
+                    h.set_entry_type(tar::EntryType::Fifo);
+                    b.append_data(&mut h, &path, io::empty()).map_err(werr)?;
+                }
+            }
+        }
+        b.into_inner().map_err(|source| Error::Write { path: "<end of archive>".into(), source })?.flush().map_err(
+            |source| Error::Write { path: "<end of archive>".into(), source },
+        )?;
+        Ok(())
+    }
+}
+
+/// Normalize a tar path: strip `./` and `/`, the optional prefix directory, reject `..`.
+/// Returns None for the root itself (or the stripped prefix directory).
+fn clean_path(raw: &[u8], strip_prefix: Option<&str>, shown: &str) -> Result<Option<String>, Error> {
+    let s = std::str::from_utf8(raw).map_err(|_| Error::NonUtf8Path { path: shown.into() })?;
+    let mut parts: Vec<&str> = s.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    if parts.contains(&"..") {
+        return Err(Error::UnsafePath { path: shown.into() });
+    }
+    if let Some(prefix) = strip_prefix {
+        let prefix_parts: Vec<&str> = prefix.split('/').filter(|p| !p.is_empty()).collect();
+        if parts.len() >= prefix_parts.len() && parts[..prefix_parts.len()] == prefix_parts[..] {
+            parts.drain(..prefix_parts.len());
+        } else {
+            return Err(Error::UnsafePath { path: shown.into() });
+        }
+    }
+    Ok(if parts.is_empty() { None } else { Some(parts.join("/")) })
+}
+
+/// Make each hard-link group's first name (in sort order) the data holder.
+fn reroot_hardlinks(entries: &mut [Entry]) -> Result<(), Error> {
+    let index: HashMap<String, usize> = entries.iter().enumerate().map(|(i, e)| (e.path.clone(), i)).collect();
+    // group: holder index -> all link indices
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if let EntryKind::Hardlink { target } = &e.kind {
+            // Follow chains (a link to a link) to the data holder.
+            let mut t = target.clone();
+            let mut hops = 0;
+            let holder = loop {
+                let Some(&ti) = index.get(&t) else {
+                    return Err(Error::DanglingHardlink { path: e.path.clone(), target: target.clone() });
+                };
+                match &entries[ti].kind {
+                    EntryKind::File { .. } => break ti,
+                    EntryKind::Hardlink { target: next } if hops < entries.len() => {
+                        t = next.clone();
+                        hops += 1;
+                    }
+                    _ => return Err(Error::DanglingHardlink { path: e.path.clone(), target: target.clone() }),
+                }
+            };
+            groups.entry(holder).or_default().push(i);
+        }
+    }
+    for (holder, links) in groups {
+        let first = links.iter().copied().chain([holder]).min().expect("non-empty");
+        if first != holder {
+            let data = std::mem::replace(
+                &mut entries[holder].kind,
+                EntryKind::Hardlink { target: entries[first].path.clone() },
+            );
+            entries[first].kind = data;
+            // All names share one inode: keep the holder's metadata on the new holder.
+            let (mode, uid, gid, mtime, xattrs) = {
+                let h = &entries[holder];
+                (h.mode, h.uid, h.gid, h.mtime, h.xattrs.clone())
+            };
+            let f = &mut entries[first];
+            (f.mode, f.uid, f.gid, f.mtime, f.xattrs) = (mode, uid, gid, mtime, xattrs);
+        }
+        let first_path = entries[first].path.clone();
+        for l in links {
+            if l != first {
+                entries[l].kind = EntryKind::Hardlink { target: first_path.clone() };
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Layer {
+        let mut cap = Entry::file("usr/bin/ping", b"\x7fELF".to_vec(), 0o755, 5);
+        cap.xattrs.insert("security.capability".into(), vec![1, 0, 0, 2, 0, 0x20, 0, 0]);
+        Layer::from_entries(vec![
+            Entry::file("usr/bin/zz", b"data".to_vec(), 0o644, 9_999_999_999),
+            Entry::new("usr/bin/aa", EntryKind::Hardlink { target: "usr/bin/zz".into() }, 0o644, 1),
+            Entry::symlink("init", "usr/lib/systemd/systemd", 3),
+            cap,
+            Entry::new("dev/null", EntryKind::CharDevice { major: 1, minor: 3 }, 0o666, 1),
+            Entry::file(&format!("usr/share/{}", "long".repeat(40)), b"x".to_vec(), 0o600, 1),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn sorted_with_parents_and_rerooted_links() {
+        let l = sample();
+        let paths: Vec<&str> = l.entries().iter().map(|e| e.path.as_str()).collect();
+        let mut sorted = paths.clone();
+        sorted.sort();
+        assert_eq!(paths, sorted);
+        assert!(paths.contains(&"usr") && paths.contains(&"usr/bin") && paths.contains(&"dev"));
+        // aa sorts first, so it now holds the data and zz links to it.
+        assert_eq!(l.get("usr/bin/aa").unwrap().kind, EntryKind::File { data: b"data".to_vec() });
+        assert_eq!(l.get("usr/bin/zz").unwrap().kind, EntryKind::Hardlink { target: "usr/bin/aa".into() });
+        assert_eq!(l.get("usr/bin/aa").unwrap().mtime, 9_999_999_999);
+    }
+
+    #[test]
+    fn tar_round_trip_keeps_everything() {
+        let mut l = sample();
+        l.clamp_mtimes(1_000);
+        let mut tar = Vec::new();
+        l.write_tar(&mut tar).unwrap();
+        let back = Layer::read_tar(tar.as_slice(), &ReadOptions::default()).unwrap();
+        assert_eq!(back, l);
+        assert!(back.entries().iter().all(|e| e.mtime <= 1_000));
+        assert_eq!(back.get("usr/bin/ping").unwrap().xattrs["security.capability"], vec![1, 0, 0, 2, 0, 0x20, 0, 0]);
+    }
+
+    #[test]
+    fn tar_is_deterministic_and_order_independent() {
+        let a = sample();
+        let mut reversed = a.entries().to_vec();
+        reversed.reverse();
+        let b = Layer::from_entries(reversed).unwrap();
+        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        a.write_tar(&mut ta).unwrap();
+        b.write_tar(&mut tb).unwrap();
+        assert_eq!(ta, tb);
+    }
+
+    #[test]
+    fn strip_prefix_and_unsafe_paths() {
+        let mut tar = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut tar);
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            (h.set_uid(0), h.set_gid(0), h.set_mtime(0));
+            b.append_data(&mut h, "root/", io::empty()).unwrap();
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(2);
+            (h.set_uid(0), h.set_gid(0), h.set_mtime(0));
+            b.append_data(&mut h, "root/etc/x", &b"hi"[..]).unwrap();
+            b.finish().unwrap();
+        }
+        let l = Layer::read_tar(tar.as_slice(), &ReadOptions { strip_prefix: Some("root".into()) }).unwrap();
+        let paths: Vec<&str> = l.entries().iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["etc", "etc/x"]);
+        let err = Layer::read_tar(tar.as_slice(), &ReadOptions { strip_prefix: Some("other".into()) }).unwrap_err();
+        assert!(matches!(err, Error::UnsafePath { .. }), "{err}");
+    }
+
+    #[test]
+    fn remove_where_drops_subtrees_and_keeps_links_alive() {
+        let mut l = sample();
+        let removed = l.remove_where(|e| e.path == "usr/bin/aa" || e.path == "dev");
+        assert_eq!(removed, ["dev", "usr/bin/aa"]);
+        assert!(l.get("dev/null").is_none());
+        assert_eq!(l.get("usr/bin/zz").unwrap().kind, EntryKind::File { data: b"data".to_vec() });
+    }
+}
