@@ -1,0 +1,195 @@
+//! The base layer: the package list installed by apt/dpkg into an empty build root inside a
+//! builder container, then pruned and normalized into the initrd's userspace.
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use strata_format::layer::{Entry, EntryKind, Layer, ReadOptions};
+use tracing::info;
+
+use super::{Ctx, in_container, oci, put_file};
+use crate::debian;
+use crate::digest::Digest;
+use crate::engine::{ContainerSpec, Engine};
+
+const FETCH_RELEASE: &str = include_str!("scripts/fetch-release.sh");
+const INSTALL_ROOT: &str = include_str!("scripts/install-root.sh");
+const TARGET: &str = "/root/target";
+
+/// Build the base layer and store it as `name`.
+pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str) -> Result<()> {
+    let set = ctx.set;
+    let d = &set.distribution;
+    let spec = ContainerSpec { image: ctx.builder.to_string(), env: vec![], network: true, name_hint: "base".into() };
+    let (tar, epoch) = in_container(ctx.engine, &spec, async |id: &str| {
+        put_file(ctx.engine, id, "/", "strata-fetch-release.sh", FETCH_RELEASE.as_bytes(), 0o755).await?;
+        put_file(ctx.engine, id, "/", "strata-install-root.sh", INSTALL_ROOT.as_bytes(), 0o755).await?;
+        let epoch = epoch_for(ctx, id).await?;
+        info!(packages = set.base.packages.len(), epoch, "installing packages into the build root");
+        let argv = vec![
+            "env".into(),
+            format!("SOURCE_DATE_EPOCH={epoch}"),
+            "sh".into(),
+            "/strata-install-root.sh".into(),
+            d.mirror.clone(),
+            d.release.clone(),
+            d.components.join(","),
+            d.architecture.clone(),
+            set.base.packages.join(","),
+            TARGET.into(),
+        ];
+        let out = ctx.engine.exec(id, &argv).await?;
+        if out.exit_code != 0 {
+            let missing = debian::missing_packages(&out.tail_text());
+            if !missing.is_empty() {
+                bail!(
+                    "package{} {} not found in {}/{} ({}, components {}): check the spelling in {}",
+                    if missing.len() > 1 { "s" } else { "" },
+                    missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "),
+                    d.id,
+                    d.release,
+                    d.mirror,
+                    d.components.join(" "),
+                    set.dir.join("base.toml").display()
+                );
+            }
+            bail!("installing the packages failed (exit code {}):\n--- last output ---\n{}", out.exit_code, out.tail_text());
+        }
+        let tar = ctx.engine.get_archive(id, TARGET).await?;
+        Ok((tar, epoch))
+    })
+    .await?;
+
+    let packages = set.base.packages.clone();
+    let remove = set.base.remove.clone();
+    let store = ctx.store.clone();
+    let name = name.to_string();
+    let key = key.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let layer = Layer::read_tar(tar.as_slice(), &ReadOptions { strip_prefix: Some("target".into()) })
+            .context("reading the build root from the container")?;
+        let (layer, versions) = finalize(layer, &packages, &remove, epoch)?;
+        let blob = oci::put_layer_blob(&store, &layer)?;
+        let annotations = HashMap::from([
+            (oci::ANN_KEY.to_string(), key.to_string()),
+            (oci::ANN_EPOCH.to_string(), epoch.to_string()),
+            ("org.opencontainers.image.created".to_string(), oci::rfc3339(epoch)),
+            ("io.strata.packages".to_string(), versions.join(" ")),
+        ]);
+        oci::put_image(&store, &name, &blob, epoch, annotations)?;
+        info!(entries = layer.entries().len(), bytes = layer.data_size(), layer = %blob.digest, "base layer stored");
+        Ok(())
+    })
+    .await?
+}
+
+/// The epoch for this build: `SOURCE_DATE_EPOCH` if set, else the suite's release date.
+async fn epoch_for<E: Engine>(ctx: &Ctx<'_, E>, id: &str) -> Result<u64> {
+    let d = &ctx.set.distribution;
+    let out = ctx
+        .engine
+        .exec(id, &["sh".into(), "/strata-fetch-release.sh".into(), d.mirror.clone(), d.release.clone()])
+        .await?;
+    match out.exit_code {
+        0 => {}
+        90 => bail!(
+            "cannot reach the mirror {} (fetching dists/{}/InRelease failed); check the network or the `mirror` key\n--- last output ---\n{}",
+            d.mirror,
+            d.release,
+            out.tail_text()
+        ),
+        code => bail!("reading the release file from {} failed (exit code {code}):\n{}", d.mirror, out.tail_text()),
+    }
+    if let Some(e) = ctx.epoch {
+        return Ok(e);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    debian::release_date(&text).ok_or_else(|| anyhow!("{}/dists/{}/InRelease has no readable Date: field:\n{text}", d.mirror, d.release))
+}
+
+/// Turn an installed build root into the base layer: keep only the requested packages'
+/// dependency closure, drop the configured paths, add `/init` and `/etc/initrd-release`,
+/// clamp mtimes. Returns the layer and the kept packages as `name=version`.
+pub fn finalize(mut layer: Layer, packages: &[String], remove: &[String], epoch: u64) -> Result<(Layer, Vec<String>)> {
+    let status = match layer.get("var/lib/dpkg/status").map(|e| &e.kind) {
+        Some(EntryKind::File { data }) => String::from_utf8_lossy(data).into_owned(),
+        _ => bail!("the build root has no dpkg database (var/lib/dpkg/status)"),
+    };
+    let installed = debian::parse_status(&status);
+    let keep = debian::closure(&installed, packages)
+        .map_err(|p| anyhow!("package `{p}` was requested but is not installed in the build root"))?;
+    let pruned = debian::prune(&mut layer, &installed, &keep);
+    info!(kept = keep.len(), pruned = pruned.packages.len(), paths = pruned.paths, "pruned packages outside the requested closure");
+    tracing::debug!(packages = ?pruned.packages, "pruned");
+    let versions: Vec<String> =
+        installed.iter().filter(|p| keep.contains(&p.name)).map(|p| format!("{}={}", p.name, p.version)).collect();
+
+    let patterns: Vec<glob::Pattern> = remove
+        .iter()
+        .map(|r| glob::Pattern::new(r).with_context(|| format!("bad remove glob `{r}`")))
+        .collect::<Result<_>>()?;
+    let opts = glob::MatchOptions { require_literal_separator: true, ..Default::default() };
+    layer.remove_where(|e| patterns.iter().any(|p| p.matches_with(&e.path, opts)));
+
+    let os_release = ["usr/lib/os-release", "etc/os-release"]
+        .iter()
+        .find_map(|p| match layer.get(p).map(|e| &e.kind) {
+            Some(EntryKind::File { data }) => Some(String::from_utf8_lossy(data).into_owned()),
+            _ => None,
+        })
+        .context("the base layer has no os-release (usr/lib/os-release); add `base-files` to the package list")?;
+    if layer.get("usr/lib/systemd/systemd").is_none() {
+        bail!("the base layer has no usr/lib/systemd/systemd; add `systemd` to the package list");
+    }
+    let mut entries = layer.into_entries();
+    entries.push(Entry::symlink("init", "usr/lib/systemd/systemd", epoch));
+    entries.push(Entry::file("etc/initrd-release", debian::initrd_release(&os_release), 0o644, epoch));
+    let mut layer = Layer::from_entries(entries)?;
+    layer.clamp_mtimes(epoch);
+    Ok((layer, versions))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> Layer {
+        let status = "Package: systemd\nStatus: install ok installed\nArchitecture: amd64\nVersion: 257\nDepends: libc6\n\n\
+                      Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.41\n\n\
+                      Package: dpkg\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.22\n";
+        Layer::from_entries(vec![
+            Entry::file("var/lib/dpkg/status", status, 0o644, 1),
+            Entry::file("var/lib/dpkg/info/dpkg.list", "/usr/bin/dpkg\n", 0o644, 1),
+            Entry::file("usr/bin/dpkg", "x", 0o755, 2_000_000_000),
+            Entry::file("usr/lib/systemd/systemd", "ELF", 0o755, 2_000_000_000),
+            Entry::file("usr/lib/os-release", "ID=debian\nVERSION_ID=\"13\"\n", 0o644, 1),
+            Entry::file("usr/share/doc/systemd/copyright", "c", 0o644, 1),
+            Entry::file("var/cache/ldconfig/aux-cache", "c", 0o644, 1),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn finalize_prunes_removes_and_adds_the_initrd_files() {
+        let remove = ["usr/share/doc".to_string(), "var/cache/*".to_string(), "var/lib/dpkg".to_string()];
+        let (layer, versions) = finalize(root(), &["systemd".into()], &remove, 1_000).unwrap();
+        assert_eq!(versions, ["systemd=257", "libc6=2.41"]);
+        assert!(layer.get("usr/bin/dpkg").is_none(), "dpkg was not requested");
+        assert!(layer.get("usr/share/doc").is_none() && layer.get("var/lib/dpkg").is_none());
+        assert!(layer.get("var/cache").is_some() && layer.get("var/cache/ldconfig").is_none());
+        assert_eq!(layer.get("init").unwrap().kind, EntryKind::Symlink { target: "usr/lib/systemd/systemd".into() });
+        let EntryKind::File { data } = &layer.get("etc/initrd-release").unwrap().kind else { panic!() };
+        assert!(String::from_utf8_lossy(data).contains("VARIANT_ID=initrd"));
+        assert!(layer.entries().iter().all(|e| e.mtime <= 1_000));
+    }
+
+    #[test]
+    fn finalize_explains_what_is_missing() {
+        let err = finalize(root(), &["bash".into()], &[], 1).unwrap_err();
+        assert!(err.to_string().contains("`bash` was requested but is not installed"), "{err}");
+        let mut no_systemd = root();
+        no_systemd.remove_where(|e| e.path == "usr/lib/systemd/systemd");
+        let err = finalize(no_systemd, &["libc6".into()], &[], 1).unwrap_err();
+        assert!(err.to_string().contains("add `systemd`"), "{err}");
+    }
+}

@@ -1,0 +1,256 @@
+//! `strata build`: plan, build missing layers in containers, flatten, write products.
+
+mod base;
+mod builder;
+mod modules;
+pub mod oci;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+use tracing::{Instrument as _, info, info_span};
+
+use crate::config::LayerSet;
+use crate::digest::Digest;
+use crate::engine::podman::Podman;
+use crate::engine::{ContainerSpec, Engine, ExecOutput};
+use crate::plan;
+use crate::products::{self, Product, Products};
+use crate::store::Store;
+
+pub use builder::{BUILDER_CONTAINERFILE, builder_tag};
+
+/// What `strata build` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub layer_set: PathBuf,
+    pub output: PathBuf,
+    pub cache_dir: PathBuf,
+    /// Rebuild every layer even if the store has it.
+    pub rebuild: bool,
+    /// `SOURCE_DATE_EPOCH` from the environment, if set.
+    pub source_date_epoch: Option<u64>,
+}
+
+/// What a build did (for the summary line and tests).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Layers built in a container this time, by kind.
+    pub built: Vec<String>,
+    /// Layers taken from the store.
+    pub cached: Vec<String>,
+}
+
+/// `SOURCE_DATE_EPOCH` from the environment: unset or empty is None; anything but a
+/// non-negative integer is an error.
+pub fn source_date_epoch_from_env() -> Result<Option<u64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if v.is_empty() => Ok(None),
+        Ok(v) => v
+            .parse::<u64>()
+            .map(Some)
+            .with_context(|| format!("SOURCE_DATE_EPOCH=`{v}` is not a number of seconds since 1970")),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Run a build.
+pub async fn run(opts: &Options) -> Result<(Report, Products)> {
+    let start = Instant::now();
+    let set = LayerSet::load(&opts.layer_set)?;
+    let store_dir = opts.cache_dir.join("oci");
+    let store = Store::open(&store_dir).with_context(|| format!("opening the layer store {}", store_dir.display()))?;
+    let builder = builder_tag();
+    let epoch = opts.source_date_epoch;
+    let base_key = plan::base_key(&set, &builder, epoch);
+    let kernel_key = plan::kernel_key(&set, &builder, epoch);
+    let base_ref = plan::layer_ref("base", &base_key);
+    let kernel_ref = plan::layer_ref("kernel", &kernel_key);
+    info!(set = %set.name, release = %set.distribution.release, base_key = %base_key.hex(), kernel_key = %kernel_key.hex(), "planned");
+
+    let mut report = Report::default();
+    let have = |name: &str| -> Result<bool> { Ok(!opts.rebuild && oci::get_manifest(&store, name)?.is_some()) };
+    let need_base = !have(&base_ref)?;
+    let need_kernel = !have(&kernel_ref)?;
+    if need_base || need_kernel {
+        // Only now is a container engine needed.
+        let engine = Podman::connect().await.context("connecting to the container engine")?;
+        builder::ensure(&engine).await?;
+        let ctx = Ctx { engine: &engine, set: &set, store: &store, builder: &builder, epoch };
+        if need_base {
+            base::build(&ctx, &base_key, &base_ref)
+                .instrument(info_span!("base_layer"))
+                .await
+                .with_context(|| format!("building the base layer of {} for {}/{}", set.name, set.distribution.id, set.distribution.release))?;
+            report.built.push("base".into());
+        }
+        if need_kernel {
+            modules::build(&ctx, &kernel_key, &kernel_ref)
+                .instrument(info_span!("kernel_layer"))
+                .await
+                .with_context(|| format!("building the kernel layer ({}) of {}", set.kernel.package, set.name))?;
+            report.built.push("kernel".into());
+        }
+    }
+    if !need_base {
+        report.cached.push("base".into());
+    }
+    if !need_kernel {
+        report.cached.push("kernel".into());
+    }
+
+    let products = {
+        let _span = info_span!("products").entered();
+        write_products(&set, &store, &base_ref, &kernel_ref, &opts.output)?
+    };
+    info!(elapsed = ?start.elapsed(), built = ?report.built, cached = ?report.cached, output = %opts.output.display(), "build finished");
+    Ok((report, products))
+}
+
+/// Flatten the layers into the initrd and write every product plus `products.json`.
+fn write_products(set: &LayerSet, store: &Store, base_ref: &str, kernel_ref: &str, output: &Path) -> Result<Products> {
+    let base = oci::get_manifest(store, base_ref)?.with_context(|| format!("layer {base_ref} vanished from the store"))?;
+    let kernel = oci::get_manifest(store, kernel_ref)?.with_context(|| format!("layer {kernel_ref} vanished from the store"))?;
+    let (base_blob, _) = oci::layer_digest(&base.layers()[0])?;
+    let kernel_ann = kernel.annotations().clone().unwrap_or_default();
+    let version = kernel_ann.get(oci::ANN_KERNEL_VERSION).cloned().context("kernel layer without a version annotation")?;
+    let mut kernel_image = None;
+    let mut modules_blob = None;
+    for l in kernel.layers() {
+        let (d, _) = oci::layer_digest(l)?;
+        match l.media_type().to_string().as_str() {
+            oci::KERNEL_IMAGE => kernel_image = Some(d),
+            _ => modules_blob = Some(d),
+        }
+    }
+    let kernel_image = kernel_image.context("kernel layer without a kernel image")?;
+    let modules_blob = modules_blob.context("kernel layer without a modules layer")?;
+
+    std::fs::create_dir_all(output).with_context(|| format!("creating the output directory {}", output.display()))?;
+    let members = [
+        crate::initrd::member(store, &base_blob, set.base.compression, true)?,
+        crate::initrd::member(store, &modules_blob, set.base.compression, false)?,
+    ];
+    let initrd_name = match set.base.compression.extension() {
+        Some(ext) => format!("initrd.cpio.{ext}"),
+        None => "initrd.cpio".to_string(),
+    };
+    let initrd_path = output.join(&initrd_name);
+    let (sha256, size) = crate::initrd::concatenate(store, &members, &initrd_path)?;
+    let initrd = Product::initrd(&initrd_name, sha256, size, set.base.compression, members.iter().map(|m| m.to_string()).collect());
+
+    let kernel_name = "vmlinuz".to_string();
+    let vmlinuz = store.read_blob(&kernel_image)?;
+    crate::store::write_atomic(&output.join(&kernel_name), &vmlinuz)?;
+    let kernel = Product::kernel(&kernel_name, Digest::of(&vmlinuz), vmlinuz.len() as u64, &version);
+
+    let products = Products::new(&set.name, vec![kernel, initrd]);
+    products::write(output, &products)?;
+    Ok(products)
+}
+
+/// What build steps share.
+pub(crate) struct Ctx<'a, E: Engine> {
+    pub engine: &'a E,
+    pub set: &'a LayerSet,
+    pub store: &'a Store,
+    pub builder: &'a str,
+    pub epoch: Option<u64>,
+}
+
+/// Create a build container, run `work` in it, and remove the container afterwards: on
+/// success, on failure and on Ctrl-C.
+pub(crate) async fn in_container<E: Engine, T>(
+    engine: &E,
+    spec: &ContainerSpec,
+    work: impl AsyncFnOnce(&str) -> Result<T>,
+) -> Result<T> {
+    let id = engine.create(spec).await?;
+    let result = tokio::select! {
+        r = work(&id) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C); the build container is removed and nothing was stored")),
+    };
+    let removed = engine.remove(&id).await;
+    match (result, removed) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Ok(_), Err(e)) => Err(e).context("removing the build container"),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(rm)) => Err(e.context(format!("and removing the build container {id} failed too: {rm}"))),
+    }
+}
+
+/// Run a command in a container; a non-zero exit is an error carrying the output's tail.
+pub(crate) async fn run_checked<E: Engine>(engine: &E, id: &str, what: &str, argv: Vec<String>) -> Result<ExecOutput> {
+    let out = engine.exec(id, &argv).await?;
+    if out.exit_code != 0 {
+        bail!("{what} failed (exit code {}): `{}`\n--- last output ---\n{}", out.exit_code, argv.join(" "), out.tail_text());
+    }
+    Ok(out)
+}
+
+/// Put one file into a container directory.
+pub(crate) async fn put_file<E: Engine>(engine: &E, id: &str, dir: &str, name: &str, data: &[u8], mode: u32) -> Result<()> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(mode);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    tar.append_data(&mut h, name, data)?;
+    engine.put_archive(id, dir, tar.into_inner()?).await?;
+    Ok(())
+}
+
+/// The content of a single file from a container.
+pub(crate) async fn get_file<E: Engine>(engine: &E, id: &str, path: &str) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let tar = engine.get_archive(id, path).await?;
+    let mut archive = tar::Archive::new(tar.as_slice());
+    let mut entries = archive.entries()?;
+    let mut entry = entries.next().with_context(|| format!("{path}: empty archive from the container"))??;
+    let mut data = Vec::new();
+    entry.read_to_end(&mut data)?;
+    Ok(data)
+}
+
+/// `KEY=value` lines of a script's stdout.
+pub(crate) fn output_values(stdout: &[u8], key: &str) -> Vec<String> {
+    let prefix = format!("{key}=");
+    String::from_utf8_lossy(stdout).lines().filter_map(|l| l.strip_prefix(&prefix).map(str::to_string)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fake::{Call, Fake};
+
+    #[tokio::test]
+    async fn container_is_removed_on_success_and_on_failure() {
+        let fake = Fake::default();
+        let spec = ContainerSpec { image: "img".into(), env: vec![], network: false, name_hint: "t".into() };
+        let v = in_container(&fake, &spec, async |_id: &str| Ok(7)).await.unwrap();
+        assert_eq!(v, 7);
+        let err = in_container(&fake, &spec, async |_id: &str| -> Result<()> { bail!("boom") }).await.unwrap_err();
+        assert_eq!(err.to_string(), "boom");
+        let removes = fake.calls().iter().filter(|c| matches!(c, Call::Remove(_))).count();
+        assert_eq!(removes, 2);
+    }
+
+    #[tokio::test]
+    async fn failed_command_reports_its_tail() {
+        let fake = Fake::default();
+        fake.exec_answers.lock().unwrap().push_back(ExecOutput { exit_code: 100, stdout: vec![], tail: vec!["E: something broke".into()] });
+        let err = run_checked(&fake, "id", "installing packages", vec!["mmdebstrap".into()]).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("installing packages failed (exit code 100)") && text.contains("E: something broke"), "{text}");
+    }
+
+    #[test]
+    fn output_values_are_read_from_marked_lines() {
+        let out = b"noise\nSTRATA_KERNEL_VERSION=6.12.1-amd64\nSTRATA_FIRMWARE_MISSING=a.bin\nSTRATA_FIRMWARE_MISSING=b.bin\n";
+        assert_eq!(output_values(out, "STRATA_KERNEL_VERSION"), ["6.12.1-amd64"]);
+        assert_eq!(output_values(out, "STRATA_FIRMWARE_MISSING"), ["a.bin", "b.bin"]);
+    }
+}

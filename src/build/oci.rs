@@ -1,0 +1,194 @@
+//! Layers and blobs as OCI manifests in the store.
+//!
+//! - A userspace layer is an OCI image: config (`rootfs.diff_ids`, `created` from the
+//!   layer's epoch) + one `tar+zstd` layer, so `skopeo`/`podman` can read it.
+//! - The kernel is an OCI artifact (`artifactType` [`KERNEL_ARTIFACT`]) holding the kernel
+//!   image blob and the modules layer.
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, Result};
+use oci_spec::image::{
+    ConfigBuilder, DescriptorBuilder, ImageConfigurationBuilder, ImageManifest, ImageManifestBuilder, MediaType,
+    RootFsBuilder,
+};
+use strata_format::compress::Compression;
+use strata_format::layer::{Layer, ReadOptions};
+
+use crate::digest::{Digest, canonical_json};
+use crate::store::{Descriptor, Store};
+
+/// `artifactType` of the kernel + modules manifest.
+pub const KERNEL_ARTIFACT: &str = "application/vnd.strata.kernel.v1";
+/// Media type of the kernel image blob.
+pub const KERNEL_IMAGE: &str = "application/vnd.strata.kernel.image.v1";
+/// Media type of a compressed cpio member of an initrd.
+pub const INITRD_MEMBER: &str = "application/vnd.strata.initrd.member.v1";
+/// Annotation: the layer's `SOURCE_DATE_EPOCH`.
+pub const ANN_EPOCH: &str = "io.strata.epoch";
+/// Annotation: the kernel version (`uname -r`).
+pub const ANN_KERNEL_VERSION: &str = "io.strata.kernel.version";
+/// Annotation: the cache key a layer was built for.
+pub const ANN_KEY: &str = "io.strata.key";
+
+/// The compression of layer blobs in the store (fast; initrds choose their own).
+const LAYER_COMPRESSION: Compression = Compression::Zstd { level: 3 };
+
+/// A layer blob written to the store.
+#[derive(Debug, Clone)]
+pub struct LayerBlob {
+    /// Digest of the compressed blob.
+    pub digest: Digest,
+    pub size: u64,
+    /// Digest of the uncompressed tar.
+    pub diff_id: Digest,
+}
+
+/// Write `layer` as a normalized, compressed tar blob.
+pub fn put_layer_blob(store: &Store, layer: &Layer) -> Result<LayerBlob> {
+    let mut tar = Vec::with_capacity(layer.data_size() as usize + layer.entries().len() * 1024);
+    layer.write_tar(&mut tar).context("writing the layer tar")?;
+    let diff_id = Digest::of(&tar);
+    let compressed = LAYER_COMPRESSION.compress(&tar).context("compressing the layer tar")?;
+    let digest = store.put_blob(&compressed)?;
+    Ok(LayerBlob { digest, size: compressed.len() as u64, diff_id })
+}
+
+/// Read a layer blob back (verified by digest) into a [`Layer`].
+pub fn read_layer_blob(store: &Store, digest: &Digest) -> Result<Layer> {
+    let compressed = store.read_blob(digest)?;
+    let tar = zstd::decode_all(compressed.as_slice()).with_context(|| format!("decompressing layer {digest}"))?;
+    Layer::read_tar(tar.as_slice(), &ReadOptions::default()).with_context(|| format!("reading layer {digest}"))
+}
+
+fn oci_digest(d: &Digest) -> oci_spec::image::Digest {
+    d.to_string().parse().expect("our digests are valid OCI digests")
+}
+
+fn descriptor(media_type: MediaType, digest: &Digest, size: u64) -> Result<oci_spec::image::Descriptor> {
+    Ok(DescriptorBuilder::default().media_type(media_type).digest(oci_digest(digest)).size(size).build()?)
+}
+
+/// RFC 3339 UTC time of an epoch second.
+pub fn rfc3339(epoch: u64) -> String {
+    let days = (epoch / 86_400) as i64;
+    let secs = epoch % 86_400;
+    // civil_from_days (Howard Hinnant)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+fn put_manifest(store: &Store, name: &str, manifest: &ImageManifest, artifact_type: Option<&str>) -> Result<Descriptor> {
+    let bytes = canonical_json(manifest);
+    let digest = store.put_blob(&bytes)?;
+    let desc = Descriptor {
+        media_type: MediaType::ImageManifest.to_string(),
+        digest,
+        size: bytes.len() as u64,
+        artifact_type: artifact_type.map(str::to_string),
+        annotations: HashMap::new(),
+    };
+    store.set_ref(name, desc.clone())?;
+    Ok(desc)
+}
+
+/// Store a userspace layer as a one-layer OCI image named `name`.
+pub fn put_image(store: &Store, name: &str, blob: &LayerBlob, epoch: u64, annotations: HashMap<String, String>) -> Result<Descriptor> {
+    let config = ImageConfigurationBuilder::default()
+        .architecture(oci_spec::image::Arch::Amd64)
+        .os(oci_spec::image::Os::Linux)
+        .created(rfc3339(epoch))
+        .config(ConfigBuilder::default().build()?)
+        .rootfs(RootFsBuilder::default().typ("layers").diff_ids(vec![blob.diff_id.to_string()]).build()?)
+        .build()?;
+    let config_bytes = canonical_json(&config);
+    let config_digest = store.put_blob(&config_bytes)?;
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(descriptor(MediaType::ImageConfig, &config_digest, config_bytes.len() as u64)?)
+        .layers(vec![descriptor(MediaType::ImageLayerZstd, &blob.digest, blob.size)?])
+        .annotations(annotations)
+        .build()?;
+    put_manifest(store, name, &manifest, None)
+}
+
+/// Store an artifact (empty config, the given blobs as layers) named `name`.
+pub fn put_artifact(
+    store: &Store,
+    name: &str,
+    artifact_type: &str,
+    layers: &[(String, Digest, u64)],
+    annotations: HashMap<String, String>,
+) -> Result<Descriptor> {
+    let empty = store.put_blob(b"{}")?;
+    let layers = layers
+        .iter()
+        .map(|(mt, d, size)| descriptor(MediaType::Other(mt.clone()), d, *size))
+        .collect::<Result<Vec<_>>>()?;
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .artifact_type(MediaType::Other(artifact_type.into()))
+        .config(descriptor(MediaType::EmptyJSON, &empty, 2)?)
+        .layers(layers)
+        .annotations(annotations)
+        .build()?;
+    put_manifest(store, name, &manifest, Some(artifact_type))
+}
+
+/// The manifest named `name`, if present and readable. A corrupt manifest blob counts as
+/// absent (it is removed by the store's verified read and rebuilt).
+pub fn get_manifest(store: &Store, name: &str) -> Result<Option<ImageManifest>> {
+    let Some(desc) = store.get_ref(name)? else { return Ok(None) };
+    match store.read_json::<ImageManifest>(&desc.digest) {
+        Ok(m) => Ok(Some(m)),
+        Err(crate::store::Error::Missing { .. }) => Ok(None),
+        Err(e @ crate::store::Error::DigestMismatch { .. }) => {
+            tracing::warn!("{e}");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A layer descriptor's digest and size, in our types.
+pub fn layer_digest(desc: &oci_spec::image::Descriptor) -> Result<(Digest, u64)> {
+    Ok((desc.digest().to_string().parse()?, desc.size()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_answers() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_762_595_463), "2025-11-08T09:51:03Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn image_round_trip_through_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let layer = Layer::from_entries(vec![strata_format::layer::Entry::file("etc/x", "y", 0o644, 5)]).unwrap();
+        let blob = put_layer_blob(&store, &layer).unwrap();
+        put_image(&store, "t", &blob, 5, HashMap::from([(ANN_EPOCH.into(), "5".into())])).unwrap();
+        let m = get_manifest(&store, "t").unwrap().unwrap();
+        let (d, _) = layer_digest(&m.layers()[0]).unwrap();
+        assert_eq!(read_layer_blob(&store, &d).unwrap(), layer);
+        assert_eq!(m.annotations().as_ref().unwrap()[ANN_EPOCH], "5");
+        // Same input, same manifest bytes.
+        let again = put_image(&store, "t2", &put_layer_blob(&store, &layer).unwrap(), 5, HashMap::from([(ANN_EPOCH.into(), "5".into())])).unwrap();
+        assert_eq!(again.digest, store.get_ref("t").unwrap().unwrap().digest);
+    }
+}

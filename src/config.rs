@@ -1,0 +1,358 @@
+//! Layer-set configuration: `layers/<set>/base.toml`.
+//!
+//! TOML with unknown keys rejected. Every error names the file, the line and the key, and
+//! where possible says what would be accepted instead.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use strata_format::compress::Compression;
+use toml::Spanned;
+
+/// The default mirror: Debian's main mirror network.
+pub const DEFAULT_DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+
+/// A parsed and validated layer set.
+#[derive(Debug, Clone)]
+pub struct LayerSet {
+    /// The directory the set was read from.
+    pub dir: PathBuf,
+    /// The set's name (its directory name).
+    pub name: String,
+    pub distribution: Distribution,
+    pub base: Base,
+    pub kernel: Kernel,
+}
+
+/// Which distribution the layers are built from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Distribution {
+    /// `debian` (the only one with a builder image today).
+    pub id: String,
+    /// Release code name, e.g. `trixie`.
+    pub release: String,
+    pub mirror: String,
+    pub components: Vec<String>,
+    /// Debian architecture name, e.g. `amd64`.
+    pub architecture: String,
+}
+
+/// The base layer: the userspace of the initrd.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Base {
+    pub packages: Vec<String>,
+    /// Paths (globs, relative to `/`) removed from the layer: docs, man pages, locales.
+    pub remove: Vec<String>,
+    #[serde(serialize_with = "display")]
+    pub compression: Compression,
+}
+
+/// The kernel and its modules layer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Kernel {
+    /// Package providing the kernel, e.g. `linux-image-amd64` (a metapackage is resolved to
+    /// the versioned package it depends on).
+    pub package: String,
+    /// Module names (`virtio_blk`, `dm-verity`) or globs over module paths below
+    /// `kernel/` (`drivers/ata/*`). Dependencies and soft dependencies are added.
+    pub modules: Vec<String>,
+    /// Packages whose firmware files may be included when a selected module references them.
+    pub firmware_packages: Vec<String>,
+}
+
+fn display<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// A configuration error: file, line, column, key and message.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if let Some(key) = &self.key {
+            write!(f, "key `{key}`: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+// ---- raw TOML shape -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawFile {
+    distribution: RawDistribution,
+    base: RawBase,
+    kernel: RawKernel,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDistribution {
+    id: Spanned<String>,
+    release: Spanned<String>,
+    mirror: Option<Spanned<String>>,
+    components: Option<Vec<Spanned<String>>>,
+    architecture: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawBase {
+    packages: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    remove: Vec<Spanned<String>>,
+    compression: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawKernel {
+    package: Spanned<String>,
+    modules: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    firmware_packages: Vec<Spanned<String>>,
+}
+
+impl LayerSet {
+    /// Read `dir/base.toml`. Other `*.toml` files in the directory are extension layers,
+    /// which this version does not build yet: they are refused, by name, rather than ignored.
+    pub fn load(dir: &Path) -> anyhow::Result<LayerSet> {
+        use anyhow::Context as _;
+        let file = dir.join("base.toml");
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading the layer set's base layer {}", file.display()))?;
+        let mut set = parse(&file, &text)?;
+        set.dir = dir.to_path_buf();
+        set.name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "layers".into());
+        let mut others: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("listing {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.file_name().is_some_and(|n| n != "base.toml"))
+            .collect();
+        others.sort();
+        if let Some(first) = others.first() {
+            anyhow::bail!(
+                "{}: extension layers are not implemented in this version of strata (only base.toml is built); \
+                 move the file out of the layer set to build the base initrd",
+                first.display()
+            );
+        }
+        Ok(set)
+    }
+}
+
+/// Parse and validate one `base.toml` text. `file` is only used in error messages.
+pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
+    let err_at = |span: Option<Range<usize>>, key: Option<&str>, message: String| {
+        let (line, column) = span.map_or((1, 1), |s| line_col(text, s.start));
+        ConfigError { file: file.to_path_buf(), line, column, key: key.map(str::to_string), message }
+    };
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim_end().to_string();
+        // serde names the offending field in the message ("unknown field `x`, expected …").
+        let key = message.split('`').nth(1).map(str::to_string);
+        err_at(e.span(), key.as_deref(), message)
+    })?;
+
+    let d = raw.distribution;
+    if d.id.get_ref() != "debian" {
+        return Err(err_at(
+            Some(d.id.span()),
+            Some("distribution.id"),
+            format!("unsupported distribution `{}`: strata has a builder image for `debian` only", d.id.get_ref()),
+        ));
+    }
+    check_word(&d.release, "distribution.release", &err_at)?;
+    let mirror = d.mirror.map_or_else(|| DEFAULT_DEBIAN_MIRROR.to_string(), |m| m.into_inner());
+    if !(mirror.starts_with("http://") || mirror.starts_with("https://")) {
+        return Err(err_at(None, Some("distribution.mirror"), format!("mirror `{mirror}` must be an http:// or https:// URL")));
+    }
+    let components = match d.components {
+        Some(c) => c.into_iter().map(|c| check_word(&c, "distribution.components", &err_at).map(|_| c.into_inner())).collect::<Result<_, _>>()?,
+        None => vec!["main".to_string()],
+    };
+    let architecture = match d.architecture {
+        Some(a) => {
+            check_word(&a, "distribution.architecture", &err_at)?;
+            a.into_inner()
+        }
+        None => "amd64".to_string(),
+    };
+
+    let b = raw.base;
+    if b.packages.get_ref().is_empty() {
+        return Err(err_at(Some(b.packages.span()), Some("base.packages"), "the package list is empty".into()));
+    }
+    let packages = package_list(b.packages.into_inner(), "base.packages", &err_at)?;
+    let mut remove = Vec::new();
+    for r in b.remove {
+        let p = r.get_ref().trim_start_matches('/');
+        if p.is_empty() || p.split('/').any(|c| c == "..") || glob::Pattern::new(p).is_err() {
+            return Err(err_at(Some(r.span()), Some("base.remove"), format!("`{}` is not a path glob inside the layer", r.get_ref())));
+        }
+        remove.push(p.to_string());
+    }
+    let compression = match b.compression {
+        Some(c) => c.get_ref().parse::<Compression>().map_err(|e| err_at(Some(c.span()), Some("base.compression"), e.to_string()))?,
+        None => Compression::DEFAULT,
+    };
+
+    let k = raw.kernel;
+    check_package(&k.package, "kernel.package", &err_at)?;
+    if k.modules.get_ref().is_empty() {
+        return Err(err_at(Some(k.modules.span()), Some("kernel.modules"), "no modules selected".into()));
+    }
+    let mut modules = Vec::new();
+    for m in k.modules.into_inner() {
+        if m.get_ref().is_empty() || glob::Pattern::new(m.get_ref()).is_err() {
+            return Err(err_at(Some(m.span()), Some("kernel.modules"), format!("`{}` is not a module name or glob", m.get_ref())));
+        }
+        modules.push(m.into_inner());
+    }
+    let firmware_packages = package_list(k.firmware_packages, "kernel.firmware-packages", &err_at)?;
+
+    Ok(LayerSet {
+        dir: PathBuf::new(),
+        name: String::new(),
+        distribution: Distribution { id: d.id.into_inner(), release: d.release.into_inner(), mirror, components, architecture },
+        base: Base { packages, remove, compression },
+        kernel: Kernel { package: k.package.into_inner(), modules, firmware_packages },
+    })
+}
+
+type ErrAt<'a> = dyn Fn(Option<Range<usize>>, Option<&str>, String) -> ConfigError + 'a;
+
+fn package_list(list: Vec<Spanned<String>>, key: &str, err_at: &ErrAt) -> Result<Vec<String>, ConfigError> {
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for p in list {
+        check_package(&p, key, err_at)?;
+        if out.contains(p.get_ref()) {
+            return Err(err_at(Some(p.span()), Some(key), format!("package `{}` is listed twice", p.get_ref())));
+        }
+        out.push(p.into_inner());
+    }
+    Ok(out)
+}
+
+/// Debian policy 5.6.1: lower case letters, digits, `+ - .`; at least two characters,
+/// starting with an alphanumeric.
+fn check_package(p: &Spanned<String>, key: &str, err_at: &ErrAt) -> Result<(), ConfigError> {
+    let name = p.get_ref();
+    let ok = name.len() >= 2
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(err_at(Some(p.span()), Some(key), format!("`{name}` is not a valid Debian package name")))
+    }
+}
+
+fn check_word(w: &Spanned<String>, key: &str, err_at: &ErrAt) -> Result<(), ConfigError> {
+    let s = w.get_ref();
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        Ok(())
+    } else {
+        Err(err_at(Some(w.span()), Some(key), format!("`{s}` is not a valid name")))
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[distribution]
+id = "debian"
+release = "trixie"
+
+[base]
+packages = ["systemd", "udev"]
+remove = ["usr/share/doc"]
+compression = "xz"
+
+[kernel]
+package = "linux-image-amd64"
+modules = ["virtio_blk", "ext4"]
+"#;
+
+    fn parse_str(text: &str) -> Result<LayerSet, ConfigError> {
+        parse(Path::new("layers/test/base.toml"), text)
+    }
+
+    #[test]
+    fn good_config_and_defaults() {
+        let set = parse_str(GOOD).unwrap();
+        assert_eq!(set.distribution.mirror, DEFAULT_DEBIAN_MIRROR);
+        assert_eq!(set.distribution.components, ["main"]);
+        assert_eq!(set.distribution.architecture, "amd64");
+        assert_eq!(set.base.compression, Compression::Xz { level: 6 });
+        assert_eq!(set.kernel.modules, ["virtio_blk", "ext4"]);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = GOOD.replace("remove = [", "colour = \"red\"\nremove = [");
+        let e = parse_str(&text).unwrap_err();
+        assert_eq!(e.line, 8, "{e}");
+        assert_eq!(e.key.as_deref(), Some("colour"));
+        let shown = e.to_string();
+        assert!(shown.starts_with("layers/test/base.toml:8:"), "{shown}");
+        assert!(shown.contains("unknown field `colour`"), "{shown}");
+    }
+
+    #[test]
+    fn bad_values_point_at_their_line() {
+        let cases = [
+            (GOOD.replace("\"udev\"", "\"Udev!\""), 7, "base.packages", "not a valid Debian package name"),
+            (GOOD.replace("\"udev\"", "\"systemd\""), 7, "base.packages", "listed twice"),
+            (GOOD.replace("compression = \"xz\"", "compression = \"lz5\""), 9, "base.compression", "unknown compression"),
+            (GOOD.replace("id = \"debian\"", "id = \"arch\""), 3, "distribution.id", "unsupported distribution"),
+            (GOOD.replace("[\"virtio_blk\", \"ext4\"]", "[]"), 13, "kernel.modules", "no modules"),
+            (GOOD.replace("[\"usr/share/doc\"]", "[\"../etc\"]"), 8, "base.remove", "not a path glob"),
+        ];
+        for (text, line, key, msg) in cases {
+            let e = parse_str(&text).unwrap_err();
+            assert_eq!((e.line, e.key.as_deref()), (line, Some(key)), "{e}");
+            assert!(e.message.contains(msg), "{e}");
+        }
+    }
+
+    #[test]
+    fn missing_section_is_named() {
+        let text = GOOD.split("[kernel]").next().unwrap();
+        let e = parse_str(text).unwrap_err();
+        assert!(e.to_string().contains("missing field `kernel`"), "{e}");
+    }
+
+    #[test]
+    fn shipped_default_set_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("layers/debian-trixie");
+        let set = LayerSet::load(&dir).unwrap();
+        assert_eq!(set.name, "debian-trixie");
+        assert!(set.base.packages.iter().any(|p| p == "systemd"));
+    }
+}

@@ -1,0 +1,111 @@
+//! Cache keys: a digest over everything that decides a layer's bytes.
+//!
+//! Same key → same layer, taken from the store instead of being rebuilt. The key covers the
+//! distribution (release, mirror, components, architecture), the package list, the layer's
+//! options, the builder image (its tag is a digest of its Containerfile), `SOURCE_DATE_EPOCH`
+//! when the user sets it, strata's version, and [`LAYER_FORMAT`]. It does not cover what the
+//! mirror serves today: a new package version on the mirror is picked up by `--rebuild`.
+
+use serde::Serialize;
+
+use crate::config::{Base, Distribution, Kernel, LayerSet};
+use crate::digest::{Digest, canonical_json};
+
+/// Bumped whenever strata changes how a layer's bytes are made from the same inputs.
+pub const LAYER_FORMAT: u32 = 1;
+
+/// strata's version, part of every key.
+pub const STRATA_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Serialize)]
+struct KeyInput<'a, T: Serialize> {
+    kind: &'static str,
+    strata: &'static str,
+    layer_format: u32,
+    builder: &'a str,
+    distribution: &'a Distribution,
+    source_date_epoch: Option<u64>,
+    layer: &'a T,
+}
+
+#[derive(Serialize)]
+struct BaseKey<'a> {
+    packages: &'a [String],
+    remove: &'a [String],
+}
+
+fn key<T: Serialize>(kind: &'static str, set: &LayerSet, builder: &str, epoch: Option<u64>, layer: &T) -> Digest {
+    Digest::of(&canonical_json(&KeyInput {
+        kind,
+        strata: STRATA_VERSION,
+        layer_format: LAYER_FORMAT,
+        builder,
+        distribution: &set.distribution,
+        source_date_epoch: epoch,
+        layer,
+    }))
+}
+
+/// The base (userspace) layer's key. Compression is not part of it: it applies to the
+/// initrd made from the layer, which has its own key ([`initrd_member_ref`]).
+pub fn base_key(set: &LayerSet, builder: &str, epoch: Option<u64>) -> Digest {
+    let Base { packages, remove, compression: _ } = &set.base;
+    key("base", set, builder, epoch, &BaseKey { packages, remove })
+}
+
+/// The kernel + modules layer's key.
+pub fn kernel_key(set: &LayerSet, builder: &str, epoch: Option<u64>) -> Digest {
+    let k: &Kernel = &set.kernel;
+    key("kernel", set, builder, epoch, k)
+}
+
+/// Store reference of a built layer.
+pub fn layer_ref(kind: &str, key: &Digest) -> String {
+    format!("strata.{kind}.{}", key.hex())
+}
+
+/// Store reference of a compressed cpio member made from the layer with `diff_id`.
+pub fn initrd_member_ref(diff_id: &Digest, compression: &str) -> String {
+    let k = Digest::of(format!("{STRATA_VERSION}\0{LAYER_FORMAT}\0{diff_id}\0{compression}").as_bytes());
+    format!("strata.initrd-member.{}", k.hex())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use std::path::Path;
+
+    const SET: &str = r#"
+[distribution]
+id = "debian"
+release = "trixie"
+[base]
+packages = ["systemd", "udev"]
+compression = "zstd:19"
+[kernel]
+package = "linux-image-amd64"
+modules = ["ext4"]
+"#;
+
+    fn set(text: &str) -> LayerSet {
+        parse(Path::new("t.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn keys_change_with_every_input_that_decides_bytes() {
+        let s = set(SET);
+        let k = base_key(&s, "builder:a", None);
+        assert_eq!(k, base_key(&s, "builder:a", None), "deterministic");
+        assert_ne!(k, base_key(&s, "builder:b", None), "builder image");
+        assert_ne!(k, base_key(&s, "builder:a", Some(1)), "SOURCE_DATE_EPOCH");
+        assert_ne!(k, base_key(&set(&SET.replace("\"udev\"", "\"udev\", \"kmod\"")), "builder:a", None), "packages");
+        assert_ne!(k, base_key(&set(&SET.replace("trixie", "forky")), "builder:a", None), "release");
+        // Compression decides the initrd, not the layer.
+        assert_eq!(k, base_key(&set(&SET.replace("zstd:19", "xz")), "builder:a", None));
+        // The kernel key does not move with the base package list.
+        let kk = kernel_key(&s, "builder:a", None);
+        assert_eq!(kk, kernel_key(&set(&SET.replace("\"udev\"", "\"udev\", \"kmod\"")), "builder:a", None));
+        assert_ne!(kk, kernel_key(&set(&SET.replace("[\"ext4\"]", "[\"xfs\"]")), "builder:a", None));
+    }
+}

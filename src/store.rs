@@ -1,0 +1,313 @@
+//! The content-addressed layer store: an OCI image layout under the cache directory.
+//!
+//! ```text
+//! CACHE/oci/oci-layout
+//! CACHE/oci/index.json          manifests, named by org.opencontainers.image.ref.name
+//! CACHE/oci/blobs/sha256/<hex>
+//! ```
+//!
+//! Writes are atomic: a blob is hashed while it is written to a temporary file in the blob
+//! directory, fsynced, checked against the expected digest and size when one is given, and
+//! renamed into place. `index.json` is rewritten the same way under an exclusive lock.
+//! Reads verify the digest; a blob that does not match is removed and reported, so the
+//! caller rebuilds it.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::{Digest, canonical_json};
+
+/// The annotation naming a manifest in `index.json`.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("blob {expected} in {path} is corrupt: its content hashes to {found} (removed; it will be rebuilt or fetched again)")]
+    DigestMismatch { path: PathBuf, expected: Digest, found: Digest },
+    #[error("blob {digest}: expected {expected} bytes, got {found}")]
+    SizeMismatch { digest: Digest, expected: u64, found: u64 },
+    #[error("blob {digest} is not in the store at {root}")]
+    Missing { root: PathBuf, digest: Digest },
+    #[error("{path} is not a valid OCI index: {source}")]
+    BadIndex { path: PathBuf, source: serde_json::Error },
+    #[error("{path}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_path_buf(), source }
+}
+
+/// A descriptor as stored in `index.json` and manifests.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub annotations: HashMap<String, String>,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Index {
+    schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+/// An OCI image layout on disk.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Open (creating if needed) the layout at `root`.
+    pub fn open(root: &Path) -> Result<Store, Error> {
+        let blobs = root.join("blobs/sha256");
+        fs::create_dir_all(&blobs).map_err(io_at(&blobs))?;
+        let layout = root.join("oci-layout");
+        if !layout.exists() {
+            write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        let index = root.join("index.json");
+        if !index.exists() {
+            let empty = Index {
+                schema_version: 2,
+                media_type: Some("application/vnd.oci.image.index.v1+json".into()),
+                manifests: vec![],
+            };
+            write_atomic(&index, &canonical_json(&empty))?;
+        }
+        Ok(Store { root: root.to_path_buf() })
+    }
+
+    /// The layout's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob with `digest` lives (whether or not it exists).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Whether a blob exists (not verified; reads verify).
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Store `data`, returning its digest. An existing blob is not rewritten.
+    pub fn put_blob(&self, data: &[u8]) -> Result<Digest, Error> {
+        let digest = Digest::of(data);
+        if !self.has_blob(&digest) {
+            let mut w = self.blob_writer()?;
+            w.write_all(data).map_err(io_at(&self.root))?;
+            w.commit(Some((&digest, data.len() as u64)))?;
+        }
+        Ok(digest)
+    }
+
+    /// A writer that hashes while writing into a temporary file of the store.
+    pub fn blob_writer(&self) -> Result<BlobWriter, Error> {
+        let dir = self.root.join("blobs/sha256");
+        let file = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir).map_err(io_at(&dir))?;
+        Ok(BlobWriter { store: self.clone(), file, hasher: Sha256::new(), size: 0 })
+    }
+
+    /// Read and verify a whole blob. A corrupt blob is removed and reported.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
+        let path = self.blob_path(digest);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::Missing { root: self.root.clone(), digest: digest.clone() });
+            }
+            Err(e) => return Err(Error::Io { path, source: e }),
+        };
+        let found = Digest::of(&data);
+        if &found != digest {
+            fs::remove_file(&path).map_err(io_at(&path))?;
+            return Err(Error::DigestMismatch { path, expected: digest.clone(), found });
+        }
+        Ok(data)
+    }
+
+    /// Read a blob and parse it as JSON.
+    pub fn read_json<T: serde::de::DeserializeOwned>(&self, digest: &Digest) -> Result<T, Error> {
+        let data = self.read_blob(digest)?;
+        serde_json::from_slice(&data).map_err(|source| Error::BadIndex { path: self.blob_path(digest), source })
+    }
+
+    /// The manifest descriptor named `name`, if any.
+    pub fn get_ref(&self, name: &str) -> Result<Option<Descriptor>, Error> {
+        let index = self.read_index()?;
+        Ok(index.manifests.into_iter().find(|d| d.annotations.get(REF_NAME).is_some_and(|n| n == name)))
+    }
+
+    /// Point `name` at `desc` (replacing any previous manifest of that name).
+    pub fn set_ref(&self, name: &str, mut desc: Descriptor) -> Result<(), Error> {
+        let lock_path = self.root.join("index.lock");
+        let lock = File::create(&lock_path).map_err(io_at(&lock_path))?;
+        lock.lock().map_err(io_at(&lock_path))?;
+        let mut index = self.read_index()?;
+        index.manifests.retain(|d| d.annotations.get(REF_NAME).is_none_or(|n| n != name));
+        desc.annotations.insert(REF_NAME.into(), name.into());
+        index.manifests.push(desc);
+        index.manifests.sort_by(|a, b| a.annotations.get(REF_NAME).cmp(&b.annotations.get(REF_NAME)));
+        write_atomic(&self.root.join("index.json"), &canonical_json(&index))?;
+        Ok(())
+    }
+
+    fn read_index(&self) -> Result<Index, Error> {
+        let path = self.root.join("index.json");
+        let data = fs::read(&path).map_err(io_at(&path))?;
+        serde_json::from_slice(&data).map_err(|source| Error::BadIndex { path, source })
+    }
+}
+
+/// A blob being written; see [`Store::blob_writer`]. Dropping it without
+/// [`BlobWriter::commit`] leaves nothing behind.
+pub struct BlobWriter {
+    store: Store,
+    file: tempfile::NamedTempFile,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl BlobWriter {
+    /// Finish: fsync, verify against `expected` (digest and size) if given, rename into
+    /// place. Returns the digest and size.
+    pub fn commit(mut self, expected: Option<(&Digest, u64)>) -> Result<(Digest, u64), Error> {
+        let tmp = self.file.path().to_path_buf();
+        self.file.flush().map_err(io_at(&tmp))?;
+        let digest = Digest::from_hasher(self.hasher);
+        if let Some((want, want_size)) = expected {
+            if &digest != want {
+                return Err(Error::DigestMismatch { path: tmp, expected: want.clone(), found: digest });
+            }
+            if self.size != want_size {
+                return Err(Error::SizeMismatch { digest, expected: want_size, found: self.size });
+            }
+        }
+        self.file.as_file().sync_all().map_err(io_at(&tmp))?;
+        let dest = self.store.blob_path(&digest);
+        self.file.persist(&dest).map_err(|e| Error::Io { path: dest.clone(), source: e.error })?;
+        sync_dir(dest.parent().expect("blob paths have a parent"))?;
+        Ok((digest, self.size))
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Write `data` to `path` atomically: temporary file in the same directory, fsync, rename,
+/// fsync of the directory.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_at(dir))?;
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(io_at(dir))?;
+    tmp.write_all(data).map_err(io_at(path))?;
+    tmp.as_file().sync_all().map_err(io_at(path))?;
+    tmp.persist(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e.error })?;
+    sync_dir(dir)
+}
+
+/// Copy a file atomically (same guarantees as [`write_atomic`]), streaming.
+pub fn copy_atomic(src: &Path, dest: &Path) -> Result<(), Error> {
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(io_at(dir))?;
+    let mut input = File::open(src).map_err(io_at(src))?;
+    io::copy(&mut input, &mut tmp).map_err(io_at(dest))?;
+    tmp.as_file().sync_all().map_err(io_at(dest))?;
+    tmp.persist(dest).map_err(|e| Error::Io { path: dest.to_path_buf(), source: e.error })?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))
+}
+
+/// Read all of `r` (helper for streaming callers).
+pub fn read_all(mut r: impl Read) -> io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    r.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_round_trip_and_are_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = store.put_blob(b"hello").unwrap();
+        assert_eq!(store.read_blob(&d).unwrap(), b"hello");
+        // Corrupt it: the read fails naming both digests, and the blob is gone.
+        fs::write(store.blob_path(&d), b"hellO").unwrap();
+        let err = store.read_blob(&d).unwrap_err();
+        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+        assert!(err.to_string().contains(&d.to_string()));
+        assert!(!store.has_blob(&d));
+        assert!(matches!(store.read_blob(&d).unwrap_err(), Error::Missing { .. }));
+    }
+
+    #[test]
+    fn writer_checks_expected_digest_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut w = store.blob_writer().unwrap();
+        w.write_all(b"abc").unwrap();
+        let wrong = Digest::of(b"abd");
+        assert!(matches!(w.commit(Some((&wrong, 3))).unwrap_err(), Error::DigestMismatch { .. }));
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("blobs/sha256")).unwrap().collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+        let mut w = store.blob_writer().unwrap();
+        w.write_all(b"abc").unwrap();
+        assert!(matches!(w.commit(Some((&Digest::of(b"abc"), 4))).unwrap_err(), Error::SizeMismatch { .. }));
+    }
+
+    #[test]
+    fn refs_are_replaced_and_index_is_valid_oci() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let desc = |data: &[u8]| Descriptor {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: store.put_blob(data).unwrap(),
+            size: data.len() as u64,
+            artifact_type: None,
+            annotations: HashMap::new(),
+        };
+        store.set_ref("a", desc(b"{}")).unwrap();
+        store.set_ref("a", desc(b"{ }")).unwrap();
+        store.set_ref("b", desc(b"{}")).unwrap();
+        assert_eq!(store.get_ref("a").unwrap().unwrap().digest, Digest::of(b"{ }"));
+        assert!(store.get_ref("c").unwrap().is_none());
+        let index: serde_json::Value = serde_json::from_slice(&fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+        assert_eq!(index["schemaVersion"], 2);
+        assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
+    }
+}
