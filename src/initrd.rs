@@ -34,8 +34,12 @@ pub fn member(store: &Store, layer: &Digest, compression: Compression, with_devi
     let key = format!("{compression}{}", if with_devices { "+dev" } else { "" });
     let name = plan::initrd_member_ref(layer, &key);
     if let Some(desc) = store.get_ref(&name)? {
-        if store.has_blob(&desc.digest) {
-            return Ok(desc.digest);
+        // A verified read: a corrupt member is removed by the store and made again below.
+        match store.read_blob(&desc.digest) {
+            Ok(_) => return Ok(desc.digest),
+            Err(e @ crate::store::Error::DigestMismatch { .. }) => tracing::warn!("{e}"),
+            Err(crate::store::Error::Missing { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     let span = tracing::info_span!("flatten", layer = %layer, %compression);

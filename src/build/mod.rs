@@ -70,7 +70,7 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
     info!(set = %set.name, release = %set.distribution.release, base_key = %base_key.hex(), kernel_key = %kernel_key.hex(), "planned");
 
     let mut report = Report::default();
-    let have = |name: &str| -> Result<bool> { Ok(!opts.rebuild && oci::get_manifest(&store, name)?.is_some()) };
+    let have = |name: &str| -> Result<bool> { Ok(!opts.rebuild && oci::verify(&store, name)?) };
     let need_base = !have(&base_ref)?;
     let need_kernel = !have(&kernel_ref)?;
     if need_base || need_kernel {

@@ -160,6 +160,34 @@ pub fn get_manifest(store: &Store, name: &str) -> Result<Option<ImageManifest>> 
     }
 }
 
+/// Whether the manifest named `name` and every blob it references are present and intact.
+/// Corrupt blobs are removed (by the store's verified read) and reported, so the caller
+/// rebuilds the layer.
+pub fn verify(store: &Store, name: &str) -> Result<bool> {
+    let Some(manifest) = get_manifest(store, name)? else { return Ok(false) };
+    let blobs = std::iter::once(manifest.config()).chain(manifest.layers().iter());
+    for desc in blobs {
+        let (digest, size) = layer_digest(desc)?;
+        match store.read_blob(&digest) {
+            Ok(data) if data.len() as u64 == size => {}
+            Ok(_) => {
+                tracing::warn!(%digest, layer = name, "blob size differs from its descriptor; rebuilding the layer");
+                return Ok(false);
+            }
+            Err(e @ crate::store::Error::DigestMismatch { .. }) => {
+                tracing::warn!(layer = name, "{e}");
+                return Ok(false);
+            }
+            Err(crate::store::Error::Missing { .. }) => {
+                tracing::warn!(%digest, layer = name, "blob missing from the store; rebuilding the layer");
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
+}
+
 /// A layer descriptor's digest and size, in our types.
 pub fn layer_digest(desc: &oci_spec::image::Descriptor) -> Result<(Digest, u64)> {
     Ok((desc.digest().to_string().parse()?, desc.size()))
@@ -190,5 +218,11 @@ mod tests {
         // Same input, same manifest bytes.
         let again = put_image(&store, "t2", &put_layer_blob(&store, &layer).unwrap(), 5, HashMap::from([(ANN_EPOCH.into(), "5".into())])).unwrap();
         assert_eq!(again.digest, store.get_ref("t").unwrap().unwrap().digest);
+        // A corrupted layer blob makes the layer count as absent (and is removed).
+        assert!(verify(&store, "t").unwrap());
+        std::fs::write(store.blob_path(&d), b"garbage").unwrap();
+        assert!(!verify(&store, "t").unwrap());
+        assert!(!store.has_blob(&d));
+        assert!(!verify(&store, "missing").unwrap());
     }
 }
