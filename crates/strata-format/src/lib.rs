@@ -2,5 +2,11 @@
 //!
 //! Every writer here is deterministic: the same input gives the same bytes.
 
+pub mod compress;
 pub mod cpio;
 pub mod layer;
+pub mod verity;
+pub mod squashfs;
+pub mod tree;
+pub mod ddi;
+pub mod sign;
