@@ -10,6 +10,7 @@ pub mod config;
 pub mod debian;
 pub mod digest;
 pub mod engine;
+pub mod fsread;
 pub mod initrd;
 pub mod kernel;
 pub mod plan;

@@ -44,6 +44,21 @@ enum Command {
         #[arg(long)]
         rebuild: bool,
     },
+    /// Write a directory tree as one compressed cpio (newc) initrd member, the way `build`
+    /// flattens a layer: sorted, inodes renumbered, hard links kept, 4-byte aligned.
+    Cpio {
+        /// The directory to archive (its contents; the directory itself is the root).
+        dir: PathBuf,
+        /// The output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// none, zstd[:1-19], gzip[:1-9] or xz[:0-9].
+        #[arg(long, default_value = "zstd:19")]
+        compression: String,
+        /// Clamp mtimes to this time (default: $SOURCE_DATE_EPOCH if set, else unchanged).
+        #[arg(long)]
+        source_date_epoch: Option<u64>,
+    },
     /// Boot a build's products under qemu, serial console on this terminal.
     Vm {
         /// The build output directory (with products.json).
@@ -109,6 +124,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             for p in &products.products {
                 println!("{}\t{}\t{}", p.kind, opts.output.join(&p.file).display(), p.sha256);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cpio { dir, output, compression, source_date_epoch } => {
+            let compression: strata_format::compress::Compression = compression.parse()?;
+            let epoch = match source_date_epoch {
+                Some(e) => Some(e),
+                None => strata::build::source_date_epoch_from_env()?,
+            };
+            let mut layer = strata::fsread::read_tree(&dir)?;
+            if let Some(e) = epoch {
+                layer.clamp_mtimes(e);
+            }
+            let data = strata::initrd::write_member(&layer, compression)?;
+            strata::store::write_atomic(&output, &data)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Vm { output, disk, append, memory, kvm } => {
