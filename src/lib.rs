@@ -15,5 +15,6 @@ pub mod initrd;
 pub mod kernel;
 pub mod plan;
 pub mod products;
+pub mod registry;
 pub mod store;
 pub mod vm;

@@ -18,8 +18,7 @@ pub fn tools_required() -> bool {
 /// panics when they are.
 pub fn tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from));
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from));
     for dir in dirs {
         let candidate = dir.join(name);
         if candidate.is_file() {
@@ -27,7 +26,9 @@ pub fn tool(name: &str) -> Option<PathBuf> {
         }
     }
     if tools_required() {
-        panic!("reference tool `{name}` is required (CI or STRATA_REQUIRE_TOOLS set) but not installed; run ci/setup.sh");
+        panic!(
+            "reference tool `{name}` is required (CI or STRATA_REQUIRE_TOOLS set) but not installed; run ci/setup.sh"
+        );
     }
     eprintln!("SKIP: reference tool `{name}` not installed (set STRATA_REQUIRE_TOOLS=1 to make this fail)");
     None
