@@ -23,7 +23,7 @@ pkgs=(
   cpio zstd xz-utils kmod e2fsprogs
   docker-registry skopeo apache2-utils
   squashfs-tools erofs-utils cryptsetup-bin fdisk openssl sbsigntool
-  hyperfine diffoscope-minimal
+  hyperfine diffoscope-minimal busybox-static attr jq curl
 )
 missing=()
 for p in "${pkgs[@]}"; do

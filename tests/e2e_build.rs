@@ -1,0 +1,464 @@
+//! End to end: the real `strata` binary, real podman, the Debian mirror, and the Linux kernel
+//! under qemu as the judge of the initrd.
+//!
+//! These tests need podman (configured by ci/setup.sh), qemu, GNU cpio, zstd and mke2fs.
+//! In CI (`CI` set) or with `STRATA_REQUIRE_TOOLS=1` a missing tool fails the test; locally
+//! it is skipped with a message. The tests run one at a time (they share the machine's two
+//! cores and podman), and the default set is built once and shared.
+
+mod support;
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+const MARKER: &str = "STRATA-ROOT-REACHED";
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn default_set() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("layers/debian-trixie")
+}
+
+/// Whether the e2e tools are there (panics in CI when they are not).
+fn have_tools(names: &[&str]) -> bool {
+    names.iter().all(|n| support::tool(n).is_some())
+}
+
+/// Run strata with a watchdog; returns its output.
+fn strata(args: &[&str], env: &[(&str, &str)], env_remove: &[&str]) -> Output {
+    // An absolute path: some tests give strata a PATH without the usual tools.
+    let mut c = Command::new("/usr/bin/timeout");
+    c.args(["--signal=INT", "--kill-after=30", "1200", STRATA]).args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    for k in env_remove {
+        c.env_remove(k);
+    }
+    let start = Instant::now();
+    let out = c.stdin(Stdio::null()).output().expect("running strata");
+    eprintln!("strata {} → {} in {:.1?}", args.join(" "), out.status, start.elapsed());
+    out
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn build(set: &Path, cache: &Path, out: &Path, env: &[(&str, &str)]) -> Output {
+    strata(
+        &["build", set.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(), "-o", out.to_str().unwrap()],
+        env,
+        &[],
+    )
+}
+
+fn assert_ok(o: &Output, what: &str) {
+    assert!(o.status.success(), "{what} failed ({}):\n{}", o.status, stderr(o));
+}
+
+struct Built {
+    cache: PathBuf,
+    out: PathBuf,
+}
+
+/// The default set, built once from an empty cache for all tests of this file.
+fn built() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("strata-e2e-").tempdir().unwrap().keep();
+        let (cache, out) = (dir.join("cache"), dir.join("out"));
+        let o = build(&default_set(), &cache, &out, &[]);
+        assert_ok(&o, "building the default layer set");
+        Built { cache, out }
+    })
+}
+
+fn products(out: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("products.json")).unwrap()).unwrap()
+}
+
+fn product_file(out: &Path, kind: &str) -> PathBuf {
+    let p = products(out);
+    let item = p["products"].as_array().unwrap().iter().find(|x| x["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in products.json"));
+    out.join(item["file"].as_str().unwrap())
+}
+
+/// Split an initrd into its compressed members (zstd frames separated by zero padding).
+fn zstd_members(data: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < data.len() {
+        if data[pos] == 0 {
+            pos += 1;
+            continue;
+        }
+        let len = zstd::zstd_safe::find_frame_compressed_size(&data[pos..]).expect("a zstd frame");
+        out.push(&data[pos..pos + len]);
+        pos += len;
+    }
+    out
+}
+
+/// `zstd -dc | cpio -t` of one member, with the reference tools.
+fn cpio_list(member: &[u8]) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("m.zst");
+    std::fs::write(&f, member).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc {} | cpio -t --quiet", f.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "zstd | cpio -t: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+}
+
+/// A root disk whose /sbin/init prints the marker and powers off.
+fn root_disk(dir: &Path) -> PathBuf {
+    let tree = dir.join("rootfs");
+    for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp"] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    let busybox = support::tool("busybox").expect("busybox-static (ci/setup.sh installs it)");
+    std::fs::copy(busybox, tree.join("bin/busybox")).unwrap();
+    let init = tree.join("sbin/init");
+    std::fs::write(&init, format!("#!/bin/busybox sh\n/bin/busybox echo {MARKER}\n/bin/busybox sync\n/bin/busybox poweroff -f\n")).unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&init).unwrap().permissions(), 0o755);
+    Command::new("chmod").args(["0755", init.to_str().unwrap()]).status().unwrap();
+    std::fs::write(tree.join("etc/os-release"), "ID=strata-test\nNAME=\"strata test root\"\n").unwrap();
+    let img = dir.join("root.img");
+    let st = Command::new("mke2fs").args(["-q", "-t", "ext4", "-d"]).arg(&tree).arg(&img).arg("32M").status().unwrap();
+    assert!(st.success(), "mke2fs -d failed");
+    img
+}
+
+/// Boot kernel + initrd with the root disk under qemu (TCG); returns the console output.
+fn boot(kernel: &Path, initrd: &Path, disk: &Path) -> String {
+    let start = Instant::now();
+    let out = Command::new("timeout")
+        .args(["300", "qemu-system-x86_64", "-m", "1024", "-nographic", "-no-reboot", "-kernel"])
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=raw", disk.display()))
+        .args(["-append", "console=ttyS0 panic=-1 systemd.show_status=1 root=/dev/vda rw"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("qemu exited {} after {:.1?}", out.status, start.elapsed());
+    console
+}
+
+#[test]
+fn default_set_boots_under_qemu_and_switches_root() {
+    let _s = serial();
+    if !have_tools(&["podman", "qemu-system-x86_64", "mke2fs", "busybox"]) {
+        return;
+    }
+    let b = built();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = root_disk(dir.path());
+    let console = boot(&product_file(&b.out, "kernel"), &product_file(&b.out, "initrd"), &disk);
+    let tail: String = console.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    let in_initrd = console.find("systemd[1]: Running in initrd.").unwrap_or_else(|| panic!("systemd did not run in the initrd:\n{tail}"));
+    let switch = console.find("initrd-switch-root.service").unwrap_or_else(|| panic!("no switch-root:\n{tail}"));
+    let marker = console.find(MARKER).unwrap_or_else(|| panic!("the root's /sbin/init never ran:\n{tail}"));
+    assert!(in_initrd < switch && switch < marker, "boot steps out of order:\n{tail}");
+    // The kernel's clock when the root was reached: for the note, not an assertion.
+    let reached = console[..marker].rfind('[').and_then(|i| console[i + 1..].split(']').next()).map(str::trim);
+    eprintln!("switch-root reached; last kernel timestamp before the marker: {reached:?} s");
+}
+
+#[test]
+fn initrd_members_list_with_gnu_cpio() {
+    let _s = serial();
+    if !have_tools(&["podman", "cpio", "zstd"]) {
+        return;
+    }
+    let b = built();
+    let initrd = std::fs::read(product_file(&b.out, "initrd")).unwrap();
+    let members = zstd_members(&initrd);
+    assert_eq!(members.len(), 2, "a base member and a modules member");
+    let base = cpio_list(members[0]);
+    for must in ["init", "etc/initrd-release", "usr/lib/systemd/systemd", "dev/console", "usr/bin/udevadm", "usr/bin/kmod"] {
+        assert!(base.iter().any(|p| p == must), "base member lacks {must}");
+    }
+    for never in ["usr/share/doc", "var/lib/dpkg/status", "usr/bin/dpkg", "usr/bin/apt"] {
+        assert!(!base.iter().any(|p| p == never), "base member has {never}");
+    }
+    let mut sorted = base.clone();
+    sorted.sort();
+    assert_eq!(base, sorted, "entries are sorted");
+    let modules = cpio_list(members[1]);
+    let version = products(&b.out)["products"].as_array().unwrap().iter().find(|p| p["kind"] == "kernel").unwrap()["version"].as_str().unwrap().to_string();
+    for m in ["modules.dep", "modules.alias", "kernel/drivers/block/virtio_blk.ko.xz", "kernel/fs/ext4/ext4.ko.xz", "kernel/drivers/md/dm-verity.ko.xz", "kernel/fs/squashfs/squashfs.ko.xz"] {
+        let path = format!("usr/lib/modules/{version}/{m}");
+        assert!(modules.iter().any(|p| p == &path), "modules member lacks {path}");
+    }
+}
+
+#[test]
+fn noop_rebuild_starts_no_container_and_rewrites_identical_products() {
+    let _s = serial();
+    if !have_tools(&["podman"]) {
+        return;
+    }
+    let b = built();
+    let before = std::fs::read(product_file(&b.out, "initrd")).unwrap();
+    let before_json = std::fs::read(b.out.join("products.json")).unwrap();
+    let out2 = b.out.with_file_name("out-noop");
+    // A dead engine socket: any attempt to use the engine would fail the build.
+    let o = build(&default_set(), &b.cache, &out2, &[("CONTAINER_HOST", "unix:///nonexistent/strata-e2e.sock")]);
+    assert_ok(&o, "no-op rebuild");
+    assert_eq!(std::fs::read(product_file(&out2, "initrd")).unwrap(), before);
+    assert_eq!(std::fs::read(out2.join("products.json")).unwrap(), before_json);
+}
+
+#[test]
+fn corrupt_layer_blob_is_detected_and_rebuilt_to_the_same_bytes() {
+    let _s = serial();
+    if !have_tools(&["podman"]) {
+        return;
+    }
+    let b = built();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    assert!(Command::new("cp").arg("-a").arg(&b.cache).arg(&cache).status().unwrap().success());
+    // Find the base layer's blob through the store's index and flip one byte in it.
+    let oci = cache.join("oci");
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(oci.join("index.json")).unwrap()).unwrap();
+    let base = index["manifests"].as_array().unwrap().iter().find(|m| {
+        m["annotations"]["org.opencontainers.image.ref.name"].as_str().unwrap_or("").starts_with("strata.base.")
+    }).expect("a base layer in the store");
+    let hex = |d: &serde_json::Value| d.as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(oci.join("blobs/sha256").join(hex(&base["digest"]))).unwrap()).unwrap();
+    let blob = oci.join("blobs/sha256").join(hex(&manifest["layers"][0]["digest"]));
+    let mut data = std::fs::read(&blob).unwrap();
+    data[1000] ^= 0xff;
+    std::fs::write(&blob, data).unwrap();
+
+    let out = dir.path().join("out");
+    let o = build(&default_set(), &cache, &out, &[]);
+    assert_ok(&o, "build over a corrupt store");
+    let err = stderr(&o);
+    assert!(err.contains("corrupt"), "the corruption was not reported:\n{err}");
+    assert!(err.contains("built=[\"base\"]"), "the base layer was not rebuilt:\n{err}");
+    assert_eq!(
+        std::fs::read(product_file(&out, "initrd")).unwrap(),
+        std::fs::read(product_file(&b.out, "initrd")).unwrap(),
+        "the rebuilt initrd differs from the first build"
+    );
+}
+
+#[test]
+fn two_builds_from_empty_caches_are_byte_identical() {
+    let _s = serial();
+    if !have_tools(&["podman"]) {
+        return;
+    }
+    let b = built();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = build(&default_set(), &dir.path().join("cache"), &out, &[]);
+    assert_ok(&o, "second clean build");
+    for kind in ["initrd", "kernel"] {
+        let (a, c) = (product_file(&b.out, kind), product_file(&out, kind));
+        let st = Command::new("cmp").arg(&a).arg(&c).status().unwrap();
+        assert!(st.success(), "{kind} differs between two clean builds: cmp {} {}", a.display(), c.display());
+    }
+}
+
+#[test]
+fn rootless_build_gives_the_same_bytes_as_rootful() {
+    let _s = serial();
+    if !have_tools(&["podman", "runuser"]) {
+        return;
+    }
+    let user = std::env::var("STRATA_ROOTLESS_USER").unwrap_or_else(|_| "strata-ci".into());
+    let uid = Command::new("id").args(["-u", &user]).output().unwrap();
+    if !uid.status.success() {
+        assert!(!support::tools_required(), "user {user} for rootless builds is missing; run ci/setup.sh");
+        eprintln!("SKIP: no user {user} for the rootless build");
+        return;
+    }
+    let uid = String::from_utf8_lossy(&uid.stdout).trim().to_string();
+    // The user's own home: rootless podman keeps its storage (with the imported base image)
+    // and storage.conf there.
+    let passwd = Command::new("getent").args(["passwd", &user]).output().unwrap();
+    let home = String::from_utf8_lossy(&passwd.stdout).trim().split(':').nth(5).unwrap_or("").to_string();
+    let b = built();
+    let dir = tempfile::Builder::new().prefix("strata-rootless-").tempdir().unwrap();
+    assert!(Command::new("chown").arg(&user).arg(dir.path()).status().unwrap().success());
+    let (cache, out) = (dir.path().join("cache"), dir.path().join("out"));
+    let o = Command::new("timeout")
+        .args(["--signal=INT", "1200", "runuser", "-u", &user, "--", "env"])
+        .arg(format!("XDG_RUNTIME_DIR=/run/user/{uid}"))
+        .arg(format!("HOME={home}"))
+        .arg(STRATA)
+        .args(["build", default_set().to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert_ok(&o, "rootless build");
+    let st = Command::new("cmp").arg(product_file(&b.out, "initrd")).arg(product_file(&out, "initrd")).status().unwrap();
+    assert!(st.success(), "the rootless initrd differs from the rootful one");
+}
+
+// ---- bad input: a clear error, and nothing half-written --------------------------------
+
+/// A copy of the default set's base.toml with `from` replaced by `to`.
+fn modified_set(dir: &Path, from: &str, to: &str) -> PathBuf {
+    let text = std::fs::read_to_string(default_set().join("base.toml")).unwrap();
+    assert!(text.contains(from), "base.toml no longer contains {from:?}");
+    let set = dir.join("set");
+    std::fs::create_dir_all(&set).unwrap();
+    std::fs::write(set.join("base.toml"), text.replacen(from, to, 1)).unwrap();
+    set
+}
+
+/// No temporary files and no layer of `kind` in the store at `cache`.
+fn assert_store_clean(cache: &Path, kind: &str) {
+    let oci = cache.join("oci");
+    if !oci.exists() {
+        return;
+    }
+    for e in std::fs::read_dir(oci.join("blobs/sha256")).unwrap() {
+        let name = e.unwrap().file_name();
+        assert!(!name.to_string_lossy().starts_with(".tmp"), "temporary file left in the store: {name:?}");
+    }
+    let index = std::fs::read_to_string(oci.join("index.json")).unwrap();
+    assert!(!index.contains(&format!("strata.{kind}.")), "a {kind} layer was stored despite the failure:\n{index}");
+}
+
+fn assert_no_build_containers() {
+    let o = Command::new("podman").args(["ps", "-a", "-q", "--filter", "label=io.strata.build"]).output().unwrap();
+    assert!(o.status.success());
+    assert!(o.stdout.is_empty(), "build containers left behind: {}", String::from_utf8_lossy(&o.stdout));
+}
+
+#[test]
+fn unknown_config_key_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = modified_set(dir.path(), "compression = ", "colour = \"blue\"\ncompression = ");
+    let cache = dir.path().join("cache");
+    let o = build(&set, &cache, &dir.path().join("out"), &[]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    let line = std::fs::read_to_string(set.join("base.toml")).unwrap().lines().position(|l| l.starts_with("colour")).unwrap() + 1;
+    assert!(err.contains(&format!("base.toml:{line}:")) && err.contains("unknown field `colour`"), "{err}");
+    assert!(!cache.exists(), "nothing may be written for a bad config");
+}
+
+#[test]
+fn missing_package_is_named_and_nothing_is_stored() {
+    let _s = serial();
+    if !have_tools(&["podman"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let set = modified_set(dir.path(), "\"dmsetup\",", "\"dmsetup\", \"no-such-package-strata\",");
+    let cache = dir.path().join("cache");
+    let o = build(&set, &cache, &dir.path().join("out"), &[]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("`no-such-package-strata` not found"), "{err}");
+    assert_store_clean(&cache, "base");
+    assert_no_build_containers();
+}
+
+#[test]
+fn unreachable_mirror_is_a_clear_error() {
+    let _s = serial();
+    if !have_tools(&["podman"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let set = modified_set(dir.path(), "http://deb.debian.org/debian", "http://127.0.0.1:9/debian");
+    let cache = dir.path().join("cache");
+    let o = build(&set, &cache, &dir.path().join("out"), &[]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("cannot reach the mirror http://127.0.0.1:9/debian"), "{err}");
+    assert_store_clean(&cache, "base");
+    assert_no_build_containers();
+}
+
+#[test]
+fn missing_podman_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty_path = dir.path().join("empty-bin");
+    std::fs::create_dir(&empty_path).unwrap();
+    let cache = dir.path().join("cache");
+    let o = strata(
+        &["build", default_set().to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(), "-o", dir.path().join("out").to_str().unwrap()],
+        &[("PATH", empty_path.to_str().unwrap())],
+        &["CONTAINER_HOST", "DOCKER_HOST", "XDG_RUNTIME_DIR"],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("podman is not installed"), "{err}");
+    assert_store_clean(&cache, "base");
+}
+
+#[test]
+fn dead_api_socket_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // A socket file nobody listens on any more.
+    let sock = dir.path().join("dead.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let cache = dir.path().join("cache");
+    let host = format!("unix://{}", sock.display());
+    let o = build(&default_set(), &cache, &dir.path().join("out"), &[("CONTAINER_HOST", &host)]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains(&format!("CONTAINER_HOST={host} does not answer")), "{err}");
+    assert_store_clean(&cache, "base");
+}
+
+#[test]
+fn interrupted_build_removes_its_container_and_stores_nothing() {
+    let _s = serial();
+    if !have_tools(&["podman"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let mut child = Command::new(STRATA)
+        .args(["build", default_set().to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(), "-o", dir.path().join("out").to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.contains("installing packages into the build root") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the build never started installing:\n{}", seen.join("\n"));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "an interrupted build must fail");
+    let all = format!("{}\n{}", seen.join("\n"), rest.join("\n"));
+    assert!(all.contains("interrupted"), "no word of the interruption:\n{all}");
+    assert_store_clean(&cache, "base");
+    assert_no_build_containers();
+}
