@@ -28,15 +28,22 @@ pub fn device_nodes(mtime: u64) -> Vec<Entry> {
     vec![dev("dev/console", 5, 1, 0o600), dev("dev/kmsg", 1, 11, 0o644), dev("dev/null", 1, 3, 0o666)]
 }
 
-/// Make (or take from the store) the compressed cpio member for the layer blob `layer`.
-/// `with_devices` adds [`device_nodes`] (for the base layer). Returns the member's digest.
-pub fn member(store: &Store, layer: &Digest, compression: Compression, with_devices: bool) -> Result<Digest> {
+/// A compressed cpio member, verified.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub digest: Digest,
+    pub data: Vec<u8>,
+}
+
+/// Make (or take from the store, verified) the compressed cpio member for the layer blob
+/// `layer`. `with_devices` adds [`device_nodes`] (for the base layer).
+pub fn member(store: &Store, layer: &Digest, compression: Compression, with_devices: bool) -> Result<Member> {
     let key = format!("{compression}{}", if with_devices { "+dev" } else { "" });
     let name = plan::initrd_member_ref(layer, &key);
     if let Some(desc) = store.get_ref(&name)? {
         // A verified read: a corrupt member is removed by the store and made again below.
         match store.read_blob(&desc.digest) {
-            Ok(_) => return Ok(desc.digest),
+            Ok(data) => return Ok(Member { digest: desc.digest, data }),
             Err(e @ crate::store::Error::DigestMismatch { .. }) => tracing::warn!("{e}"),
             Err(crate::store::Error::Missing { .. }) => {}
             Err(e) => return Err(e.into()),
@@ -65,7 +72,7 @@ pub fn member(store: &Store, layer: &Digest, compression: Compression, with_devi
         },
     )?;
     info!(entries = l.entries().len(), bytes = data.len(), elapsed = ?start.elapsed(), "cpio member written");
-    Ok(digest)
+    Ok(Member { digest, data })
 }
 
 /// One compressed cpio member for `layer`, padded to a multiple of 4 bytes.
@@ -79,18 +86,21 @@ pub fn write_member(layer: &Layer, compression: Compression) -> Result<Vec<u8>> 
     Ok(data)
 }
 
-/// Concatenate the member blobs (verified) into `dest`, atomically. Returns the sha256 and
-/// size of the result.
-pub fn concatenate(store: &Store, members: &[Digest], dest: &Path) -> Result<(Digest, u64)> {
+/// Concatenate the members into `dest`, atomically. Returns the sha256 and size of the
+/// result.
+pub fn concatenate(members: &[Member], dest: &Path) -> Result<(Digest, u64)> {
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).with_context(|| format!("creating a file in {}", dir.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    crate::store::set_readable(tmp.as_file(), dest)?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     for m in members {
-        let data = store.read_blob(m)?;
-        hasher.update(&data);
-        size += data.len() as u64;
-        tmp.write_all(&data)?;
+        hasher.update(&m.data);
+        size += m.data.len() as u64;
+        tmp.write_all(&m.data)?;
     }
     tmp.as_file().sync_all()?;
     tmp.persist(dest).with_context(|| format!("writing {}", dest.display()))?;
@@ -109,17 +119,21 @@ mod tests {
         let blob = oci::put_layer_blob(&store, &layer).unwrap();
         for c in [Compression::Zstd { level: 3 }, Compression::Gzip { level: 6 }, Compression::Xz { level: 1 }, Compression::None] {
             let m = member(&store, &blob.digest, c, true).unwrap();
-            let data = store.read_blob(&m).unwrap();
-            assert_eq!(data.len() % 4, 0, "{c}");
+            assert_eq!(m.data.len() % 4, 0, "{c}");
+            assert_eq!(store.read_blob(&m.digest).unwrap(), m.data);
             // Second call: same digest, from the ref.
-            assert_eq!(member(&store, &blob.digest, c, true).unwrap(), m);
+            assert_eq!(member(&store, &blob.digest, c, true).unwrap().digest, m.digest);
         }
         let m = member(&store, &blob.digest, Compression::None, true).unwrap();
-        let text = String::from_utf8_lossy(&store.read_blob(&m).unwrap()).into_owned();
+        // A corrupt cached member is made again.
+        std::fs::write(store.blob_path(&m.digest), b"junk").unwrap();
+        let again = member(&store, &blob.digest, Compression::None, true).unwrap();
+        assert_eq!(again.digest, m.digest);
+        let text = String::from_utf8_lossy(&m.data).into_owned();
         assert!(text.contains("dev/console") && text.contains("etc/a") && text.contains("TRAILER!!!"));
         let out = dir.path().join("initrd");
         let plain = member(&store, &blob.digest, Compression::None, false).unwrap();
-        let (_, size) = concatenate(&store, &[m.clone(), plain.clone()], &out).unwrap();
+        let (_, size) = concatenate(&[m.clone(), plain.clone()], &out).unwrap();
         assert_eq!(size, std::fs::metadata(&out).unwrap().len());
     }
 }

@@ -6,7 +6,9 @@
 //!               {"kind": "initrd", "file": "initrd.cpio.zst", "sha256": "…", "size": 1,
 //!                "compression": "zstd:19", "members": ["sha256:…"]}]}
 //! ```
-//! `file` is relative to the output directory. Fields are only ever added.
+//! `file` is relative to the output directory. Fields are only ever added. `layers` lists the
+//! layers the products were made from: `[{"kind": "base", "key": "sha256:…", "manifest":
+//! "sha256:…"}, …]`.
 
 use std::path::Path;
 
@@ -25,6 +27,34 @@ pub struct Products {
     pub layer_set: String,
     pub strata_version: String,
     pub products: Vec<Product>,
+    /// The layers the products were made from (for `strata push`), by kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerRecord>,
+}
+
+/// A layer of the build, as named in the store ([`crate::plan::layer_ref`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// `base`, `kernel`.
+    pub kind: String,
+    /// Its cache key.
+    pub key: Digest,
+    /// The digest of its manifest in the store.
+    pub manifest: Digest,
+}
+
+impl LayerRecord {
+    /// The record of the layer of `kind` with `key`, as the store names it now.
+    pub fn of(store: &crate::store::Store, kind: &str, key: &Digest) -> Result<LayerRecord> {
+        let name = crate::plan::layer_ref(kind, key);
+        let desc = store.get_ref(&name)?.with_context(|| format!("layer {name} is not in the store"))?;
+        Ok(LayerRecord { kind: kind.into(), key: key.clone(), manifest: desc.digest })
+    }
+
+    /// Its name in the store.
+    pub fn ref_name(&self) -> String {
+        crate::plan::layer_ref(&self.kind, &self.key)
+    }
 }
 
 /// One product.
@@ -78,7 +108,12 @@ impl Product {
 impl Products {
     /// A products list for this strata version.
     pub fn new(layer_set: &str, products: Vec<Product>) -> Products {
-        Products { layer_set: layer_set.into(), strata_version: crate::plan::STRATA_VERSION.into(), products }
+        Products {
+            layer_set: layer_set.into(),
+            strata_version: crate::plan::STRATA_VERSION.into(),
+            products,
+            layers: vec![],
+        }
     }
 
     /// The first product of `kind`.

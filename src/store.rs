@@ -124,6 +124,7 @@ impl Store {
     pub fn blob_writer(&self) -> Result<BlobWriter, Error> {
         let dir = self.root.join("blobs/sha256");
         let file = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir).map_err(io_at(&dir))?;
+        set_readable(file.as_file(), &dir)?;
         Ok(BlobWriter { store: self.clone(), file, hasher: Sha256::new(), size: 0 })
     }
 
@@ -228,6 +229,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_at(dir))?;
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(io_at(dir))?;
+    // Temporary files are created 0600; products and store files are for everyone to read.
+    set_readable(tmp.as_file(), path)?;
     tmp.write_all(data).map_err(io_at(path))?;
     tmp.as_file().sync_all().map_err(io_at(path))?;
     tmp.persist(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e.error })?;
@@ -238,11 +241,18 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
 pub fn copy_atomic(src: &Path, dest: &Path) -> Result<(), Error> {
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(io_at(dir))?;
+    set_readable(tmp.as_file(), dest)?;
     let mut input = File::open(src).map_err(io_at(src))?;
     io::copy(&mut input, &mut tmp).map_err(io_at(dest))?;
     tmp.as_file().sync_all().map_err(io_at(dest))?;
     tmp.persist(dest).map_err(|e| Error::Io { path: dest.to_path_buf(), source: e.error })?;
     sync_dir(dir)
+}
+
+/// Mode 0644 (before the umask-free rename makes the file visible).
+pub fn set_readable(file: &File, path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt as _;
+    file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io_at(path))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
@@ -273,6 +283,18 @@ mod tests {
         assert!(err.to_string().contains(&d.to_string()));
         assert!(!store.has_blob(&d));
         assert!(matches!(store.read_blob(&d).unwrap_err(), Error::Missing { .. }));
+    }
+
+    #[test]
+    fn written_files_are_world_readable() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("products.json");
+        write_atomic(&f, b"{}").unwrap();
+        assert_eq!(fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o644);
+        let store = Store::open(&dir.path().join("oci")).unwrap();
+        let d = store.put_blob(b"x").unwrap();
+        assert_eq!(fs::metadata(store.blob_path(&d)).unwrap().permissions().mode() & 0o777, 0o644);
     }
 
     #[test]

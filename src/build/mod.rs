@@ -4,6 +4,7 @@ mod base;
 mod builder;
 mod modules;
 pub mod oci;
+pub mod remote_cache;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -31,6 +32,8 @@ pub struct Options {
     pub rebuild: bool,
     /// `SOURCE_DATE_EPOCH` from the environment, if set.
     pub source_date_epoch: Option<u64>,
+    /// `--cache-from` / `--cache-to`: layers shared through a registry.
+    pub remote_cache: remote_cache::Options,
 }
 
 /// What a build did (for the summary line and tests).
@@ -40,6 +43,8 @@ pub struct Report {
     pub built: Vec<String>,
     /// Layers taken from the store.
     pub cached: Vec<String>,
+    /// Of those, the layers pulled from the `--cache-from` registry first.
+    pub pulled: Vec<String>,
 }
 
 /// `SOURCE_DATE_EPOCH` from the environment: unset or empty is None; anything but a
@@ -71,8 +76,17 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
 
     let mut report = Report::default();
     let have = |name: &str| -> Result<bool> { Ok(!opts.rebuild && oci::verify(&store, name)?) };
-    let need_base = !have(&base_ref)?;
-    let need_kernel = !have(&kernel_ref)?;
+    let mut need_base = !have(&base_ref)?;
+    let mut need_kernel = !have(&kernel_ref)?;
+    // A layer the store lacks may be in the --cache-from registry (not with --rebuild).
+    let remote = remote_cache::RemoteCache::new(&opts.remote_cache)?;
+    let wanted = [("base", &base_key, &base_ref, &mut need_base), ("kernel", &kernel_key, &kernel_ref, &mut need_kernel)];
+    for (kind, key, name, need) in wanted {
+        if *need && !opts.rebuild && remote.fetch(&store, kind, key, name).await {
+            *need = false;
+            report.pulled.push(kind.into());
+        }
+    }
     if need_base || need_kernel {
         // Only now is a container engine needed.
         let engine = Podman::connect().await.context("connecting to the container engine")?;
@@ -99,17 +113,30 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
     if !need_kernel {
         report.cached.push("kernel".into());
     }
+    remote.publish(&store, "base", &base_key, &base_ref).await?;
+    remote.publish(&store, "kernel", &kernel_key, &kernel_ref).await?;
+    let layers = vec![
+        products::LayerRecord::of(&store, "base", &base_key)?,
+        products::LayerRecord::of(&store, "kernel", &kernel_key)?,
+    ];
 
     let products = {
         let _span = info_span!("products").entered();
-        write_products(&set, &store, &base_ref, &kernel_ref, &opts.output)?
+        write_products(&set, &store, &base_ref, &kernel_ref, layers, &opts.output)?
     };
-    info!(elapsed = ?start.elapsed(), built = ?report.built, cached = ?report.cached, output = %opts.output.display(), "build finished");
+    info!(elapsed = ?start.elapsed(), built = ?report.built, cached = ?report.cached, pulled = ?report.pulled, output = %opts.output.display(), "build finished");
     Ok((report, products))
 }
 
 /// Flatten the layers into the initrd and write every product plus `products.json`.
-fn write_products(set: &LayerSet, store: &Store, base_ref: &str, kernel_ref: &str, output: &Path) -> Result<Products> {
+fn write_products(
+    set: &LayerSet,
+    store: &Store,
+    base_ref: &str,
+    kernel_ref: &str,
+    layers: Vec<products::LayerRecord>,
+    output: &Path,
+) -> Result<Products> {
     let base = oci::get_manifest(store, base_ref)?.with_context(|| format!("layer {base_ref} vanished from the store"))?;
     let kernel = oci::get_manifest(store, kernel_ref)?.with_context(|| format!("layer {kernel_ref} vanished from the store"))?;
     let (base_blob, _) = oci::layer_digest(&base.layers()[0])?;
@@ -137,15 +164,17 @@ fn write_products(set: &LayerSet, store: &Store, base_ref: &str, kernel_ref: &st
         None => "initrd.cpio".to_string(),
     };
     let initrd_path = output.join(&initrd_name);
-    let (sha256, size) = crate::initrd::concatenate(store, &members, &initrd_path)?;
-    let initrd = Product::initrd(&initrd_name, sha256, size, set.base.compression, members.iter().map(|m| m.to_string()).collect());
+    let (sha256, size) = crate::initrd::concatenate(&members, &initrd_path)?;
+    let initrd =
+        Product::initrd(&initrd_name, sha256, size, set.base.compression, members.iter().map(|m| m.digest.to_string()).collect());
 
     let kernel_name = "vmlinuz".to_string();
     let vmlinuz = store.read_blob(&kernel_image)?;
     crate::store::write_atomic(&output.join(&kernel_name), &vmlinuz)?;
     let kernel = Product::kernel(&kernel_name, Digest::of(&vmlinuz), vmlinuz.len() as u64, &version);
 
-    let products = Products::new(&set.name, vec![kernel, initrd]);
+    let mut products = Products::new(&set.name, vec![kernel, initrd]);
+    products.layers = layers;
     products::write(output, &products)?;
     Ok(products)
 }

@@ -64,3 +64,22 @@ pub fn registry() -> Option<String> {
     );
     None
 }
+
+/// The `podman` binary, if it is installed and can talk to its storage (`podman info`
+/// succeeds). Same gating as [`tool`]: skips locally, panics in CI.
+pub fn podman() -> Option<PathBuf> {
+    let podman = tool("podman")?;
+    let info = std::process::Command::new(&podman)
+        .args(["info", "--format", "{{.Host.OCIRuntime.Name}}"])
+        .output();
+    let problem = match info {
+        Ok(out) if out.status.success() => return Some(podman),
+        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        Err(e) => e.to_string(),
+    };
+    if tools_required() {
+        panic!("podman is required (CI or STRATA_REQUIRE_TOOLS set) but `podman info` fails: {problem}");
+    }
+    eprintln!("SKIP: `podman info` fails: {problem} (set STRATA_REQUIRE_TOOLS=1 to make this fail)");
+    None
+}

@@ -1,0 +1,350 @@
+//! `strata pull REF --output DIR`: fetch products pushed by `strata push` (or by any tool
+//! that writes the same artifacts) and install them as files.
+//!
+//! `REF` names a product artifact (`REPO:TAG-initrd`, `REPO:TAG-sysext-network`, …) or the
+//! index of a whole build (`REPO:TAG`: every product in it). Each manifest must be an OCI
+//! artifact of a type strata knows ([`crate::push::PRODUCT_TYPES`]) with exactly one blob of
+//! that type's media type and a plain file name in `org.opencontainers.image.title`; a sysext's
+//! name must end in `.sysext.raw`. Everything is checked before any blob is downloaded.
+//! Blobs go through the local store (verified by digest and size on the way in), are hashed
+//! again while they are copied out, and each file is written atomically (temporary file,
+//! fsync, rename), mode 0644.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use sha2::Digest as _;
+
+use crate::digest::Digest;
+use crate::push::{self, ANN_TITLE, PRODUCT_TYPES, ProductType, SYSEXT_SUFFIX};
+use crate::registry::{Client, ClientOptions, FetchedManifest, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Reference};
+use crate::store::{Descriptor, Store};
+
+/// What `strata pull` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `host[:port]/repository:tag` (or `@sha256:…`).
+    pub reference: String,
+    /// Where the files go.
+    pub output: PathBuf,
+    /// The cache directory whose store the blobs pass through.
+    pub cache_dir: PathBuf,
+    /// A certificate to check a sysext's verity signature against.
+    pub cert: Option<PathBuf>,
+    pub client: ClientOptions,
+}
+
+/// One file written.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// `initrd`, `kernel`, `sysext`.
+    pub kind: String,
+    pub path: PathBuf,
+    pub digest: Digest,
+    pub size: u64,
+    /// Bytes received from the registry (0 when the store had the blob).
+    pub bytes_received: u64,
+}
+
+/// A product manifest checked and ready to be fetched.
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    ptype: ProductType,
+    blob: Descriptor,
+    file: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    media_type: Option<String>,
+    artifact_type: Option<String>,
+    config: Descriptor,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    annotations: HashMap<String, String>,
+}
+
+#[derive(serde::Deserialize)]
+struct IndexManifests {
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+fn known_types() -> String {
+    PRODUCT_TYPES
+        .iter()
+        .map(|t| t.artifact_type)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Check a product manifest (media type, artifact type, its one blob, the file name).
+fn check_product(media_type: &str, data: &[u8]) -> Result<Plan> {
+    if media_type != OCI_MANIFEST {
+        bail!("media type `{media_type}` is not a strata product (expected {OCI_MANIFEST} or {OCI_INDEX})");
+    }
+    let m: Manifest = serde_json::from_slice(data).context("not a valid OCI manifest")?;
+    if let Some(t) = m.media_type.as_ref().filter(|t| *t != OCI_MANIFEST) {
+        bail!("the manifest calls itself `{t}`, not {OCI_MANIFEST}");
+    }
+    // Artifacts made before `artifactType` existed carry the type as the config's media type.
+    let artifact_type = match &m.artifact_type {
+        Some(t) => t.clone(),
+        None if m.config.media_type != OCI_EMPTY => m.config.media_type.clone(),
+        None => bail!(
+            "the manifest has no artifactType, so it is not a strata product (expected one of {})",
+            known_types()
+        ),
+    };
+    let Some(ptype) = push::product_type_of_artifact(&artifact_type) else {
+        bail!(
+            "artifact type `{artifact_type}` is not a product strata knows (expected one of {})",
+            known_types()
+        );
+    };
+    let [blob] = m.layers.as_slice() else {
+        bail!(
+            "a {} artifact has exactly one blob; this one has {}",
+            ptype.kind,
+            m.layers.len()
+        );
+    };
+    if blob.media_type != ptype.media_type {
+        bail!(
+            "the blob's media type `{}` is not `{}` as a {} needs",
+            blob.media_type,
+            ptype.media_type,
+            ptype.kind
+        );
+    }
+    let file = blob
+        .annotations
+        .get(ANN_TITLE)
+        .or(m.annotations.get(ANN_TITLE))
+        .with_context(|| format!("no {ANN_TITLE} annotation names the {} file", ptype.kind))?;
+    check_file_name(file, ptype)?;
+    Ok(Plan {
+        ptype,
+        blob: blob.clone(),
+        file: file.clone(),
+    })
+}
+
+/// A plain file name in the output directory: no directories, not hidden.
+fn check_file_name(name: &str, ptype: ProductType) -> Result<()> {
+    let plain = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']) && name.len() <= 255;
+    if !plain {
+        bail!(
+            "the {} file name `{}` is not a plain file name",
+            ptype.kind,
+            name.escape_debug()
+        );
+    }
+    if ptype.kind == "sysext" && name.strip_suffix(SYSEXT_SUFFIX).is_none_or(str::is_empty) {
+        bail!("the sysext file name `{name}` does not end in {SYSEXT_SUFFIX}");
+    }
+    Ok(())
+}
+
+/// Fetch `opts.reference` and install its product(s) into `opts.output`.
+pub async fn run(opts: &Options) -> Result<Vec<Pulled>> {
+    if let Some(cert) = &opts.cert {
+        bail!(
+            "--cert {}: checking a sysext's verity signature is not implemented yet (it needs the sysext format of issue 3); \
+             pull without --cert and check the image with `systemd-dissect --validate`",
+            cert.display()
+        );
+    }
+    let reference: Reference = opts.reference.parse()?;
+    let repo = &reference.repository;
+    let client = Client::new(&reference.registry, opts.client.clone())?;
+    let top = client
+        .get_manifest(repo, &reference.manifest_ref())
+        .await
+        .with_context(|| format!("fetching {reference}"))?;
+    let manifests: Vec<FetchedManifest> = if top.media_type == OCI_INDEX {
+        let index: IndexManifests =
+            serde_json::from_slice(&top.data).with_context(|| format!("{reference}: not a valid OCI index"))?;
+        if index.manifests.is_empty() {
+            bail!("{reference}: the index lists no products");
+        }
+        let mut children = Vec::new();
+        for child in &index.manifests {
+            let at = reference.with_digest(&child.digest);
+            if child.media_type != OCI_MANIFEST {
+                bail!(
+                    "{at}: media type `{}` is not a strata product (expected {OCI_MANIFEST})",
+                    child.media_type
+                );
+            }
+            // Fetched by digest: verified against it.
+            let m = client
+                .get_manifest(repo, &child.digest.to_string())
+                .await
+                .with_context(|| format!("fetching {at}"))?;
+            if m.data.len() as u64 != child.size {
+                bail!(
+                    "{at}: the index says {} bytes, the manifest has {}",
+                    child.size,
+                    m.data.len()
+                );
+            }
+            children.push(m);
+        }
+        children
+    } else {
+        vec![top]
+    };
+    let mut plans = Vec::new();
+    let mut names = BTreeSet::new();
+    for m in &manifests {
+        let at = reference.with_digest(&m.digest);
+        let plan = check_product(&m.media_type, &m.data).with_context(|| format!("refusing {at}"))?;
+        if !names.insert(plan.file.clone()) {
+            bail!("{reference}: two products would both be written to {}", plan.file);
+        }
+        plans.push(plan);
+    }
+
+    std::fs::create_dir_all(&opts.output).with_context(|| format!("creating {}", opts.output.display()))?;
+    let store_dir = opts.cache_dir.join("oci");
+    let store = Store::open(&store_dir).with_context(|| format!("opening the store {}", store_dir.display()))?;
+    let mut pulled = Vec::new();
+    for plan in plans {
+        let dest = opts.output.join(&plan.file);
+        let what = format!("{}@{}", reference.registry, plan.blob.digest);
+        let mut received = client
+            .pull_blob(&store, repo, &plan.blob)
+            .await
+            .with_context(|| format!("downloading {what}"))?;
+        if let Err(e) = install(&store, &plan.blob, &dest) {
+            // The store's copy (from an earlier pull) is damaged: fetch it once more.
+            tracing::warn!("{e:#}; downloading it again");
+            std::fs::remove_file(store.blob_path(&plan.blob.digest)).ok();
+            received += client
+                .pull_blob(&store, repo, &plan.blob)
+                .await
+                .with_context(|| format!("downloading {what}"))?;
+            install(&store, &plan.blob, &dest)?;
+        }
+        pulled.push(Pulled {
+            kind: plan.ptype.kind.into(),
+            path: dest,
+            digest: plan.blob.digest.clone(),
+            size: plan.blob.size,
+            bytes_received: received,
+        });
+    }
+    Ok(pulled)
+}
+
+/// Copy the blob `desc` from the store to `dest`, hashing on the way: the file appears
+/// (atomically) only if it has the right digest and size.
+fn install(store: &Store, desc: &Descriptor, dest: &Path) -> Result<()> {
+    let src = store.blob_path(&desc.digest);
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut input = std::fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".strata-pull-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = input
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", src.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        tmp.write_all(&buf[..n])
+            .with_context(|| format!("writing {}", tmp.path().display()))?;
+        size += n as u64;
+    }
+    let found = Digest::from_hasher(hasher);
+    if found != desc.digest || size != desc.size {
+        bail!(
+            "blob {} in the store at {} hashes to {found} ({size} bytes), not to {} ({} bytes)",
+            desc.digest,
+            store.root().display(),
+            desc.digest,
+            desc.size
+        );
+    }
+    let file = tmp.as_file();
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    file.sync_all()?;
+    tmp.persist(dest)
+        .with_context(|| format!("writing {}", dest.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn manifest(kind: &str, file: &str) -> Vec<u8> {
+        let t = push::product_type(kind).unwrap();
+        push::artifact_manifest(t, file, Digest::of(b"x"), 1, &BTreeMap::new())
+    }
+
+    #[test]
+    fn accepts_strata_products() {
+        let p = check_product(OCI_MANIFEST, &manifest("sysext", "network.sysext.raw")).unwrap();
+        assert_eq!((p.ptype.kind, p.file.as_str()), ("sysext", "network.sysext.raw"));
+        let p = check_product(OCI_MANIFEST, &manifest("initrd", "initrd.cpio.zst")).unwrap();
+        assert_eq!(p.blob.media_type, push::INITRD_IMAGE);
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_know() {
+        let err = |mt: &str, data: &[u8]| format!("{:#}", check_product(mt, data).unwrap_err());
+        let m = manifest("sysext", "network.sysext.raw");
+        let other = String::from_utf8(m.clone())
+            .unwrap()
+            .replace(push::SYSEXT_ARTIFACT, "application/vnd.example.thing");
+        assert!(err(OCI_MANIFEST, other.as_bytes()).contains("artifact type `application/vnd.example.thing`"));
+        let wrong_blob = String::from_utf8(m.clone())
+            .unwrap()
+            .replace("application/vnd.efi.img", "application/octet-stream");
+        assert!(err(OCI_MANIFEST, wrong_blob.as_bytes()).contains("media type `application/octet-stream`"));
+        assert!(err(crate::registry::DOCKER_MANIFEST, &m).contains("is not a strata product"));
+        for bad in ["../evil.sysext.raw", ".sysext.raw", "network.raw", ".hidden.sysext.raw"] {
+            let data = manifest("sysext", bad);
+            assert!(check_product(OCI_MANIFEST, &data).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn install_checks_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("oci")).unwrap();
+        let d = store.put_blob(b"hello").unwrap();
+        let desc = Descriptor {
+            media_type: "x".into(),
+            digest: d.clone(),
+            size: 5,
+            artifact_type: None,
+            annotations: HashMap::new(),
+        };
+        install(&store, &desc, &dir.path().join("out")).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("out")).unwrap(), b"hello");
+        std::fs::write(store.blob_path(&d), b"hellO").unwrap();
+        assert!(install(&store, &desc, &dir.path().join("out2")).is_err());
+        assert!(!dir.path().join("out2").exists());
+    }
+}

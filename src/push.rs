@@ -1,0 +1,449 @@
+//! `strata push REF`: the products and layers of the last build in an output directory, to a
+//! registry.
+//!
+//! What goes where, for `REF` = `host[:port]/REPO:TAG`:
+//!
+//! | tag                         | manifest                                                    |
+//! | --------------------------- | ----------------------------------------------------------- |
+//! | `REPO:TAG`                  | OCI index of the product artifacts below                    |
+//! | `REPO:TAG-initrd`           | the initrd (`artifactType` [`INITRD_ARTIFACT`])             |
+//! | `REPO:TAG-kernel`           | the kernel image ([`oci::KERNEL_ARTIFACT`])                 |
+//! | `REPO:TAG-sysext-NAME`      | `NAME.sysext.raw` ([`SYSEXT_ARTIFACT`], blob `application/vnd.efi.img`) |
+//! | `REPO:base-HEX`, `REPO:kernel-HEX` | the layers as built, under their cache tags ([`remote_cache::tag`]) |
+//!
+//! A product artifact is an OCI image manifest with the empty `{}` config and one blob, the
+//! product file, annotated with `org.opencontainers.image.title` (its file name, which
+//! `strata pull`, `oras pull` and friends write it as), `org.opencontainers.image.created`
+//! (the build's `SOURCE_DATE_EPOCH`: the latest `io.strata.epoch` of its layers),
+//! `org.opencontainers.image.version` (`--version`, default `TAG`) and
+//! `org.opencontainers.image.source` (`--source`, if given). All manifests are canonical
+//! JSON, so an unchanged build gives unchanged manifests, and a second push sends no blob.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use tracing::warn;
+
+use crate::build::{oci, remote_cache};
+use crate::digest::{Digest, canonical_json};
+use crate::products::{self, Product};
+use crate::registry::{self, Client, ClientOptions, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, PushOptions, Reference, Stats};
+use crate::store::{Descriptor, Store};
+
+/// `artifactType` of an initrd.
+pub const INITRD_ARTIFACT: &str = "application/vnd.strata.initrd.v1";
+/// Media type of the initrd file (concatenated, compressed cpio members).
+pub const INITRD_IMAGE: &str = "application/vnd.strata.initrd.image.v1";
+/// `artifactType` of a system extension.
+pub const SYSEXT_ARTIFACT: &str = "application/vnd.strata.sysext.v1";
+/// Media type of a sysext image, as the Discoverable Disk Image specification names it.
+pub const SYSEXT_IMAGE: &str = "application/vnd.efi.img";
+/// A sysext's file name ends with this.
+pub const SYSEXT_SUFFIX: &str = ".sysext.raw";
+
+/// The file name of a product.
+pub const ANN_TITLE: &str = "org.opencontainers.image.title";
+/// When the product was made (the build's epoch).
+pub const ANN_CREATED: &str = "org.opencontainers.image.created";
+/// The version pushed (`--version`, default the tag).
+pub const ANN_VERSION: &str = "org.opencontainers.image.version";
+/// Where the product's sources live (`--source`).
+pub const ANN_SOURCE: &str = "org.opencontainers.image.source";
+/// The product kind (`initrd`, `kernel`, `sysext`).
+pub const ANN_PRODUCT: &str = "io.strata.product";
+
+/// How one kind of product travels as an OCI artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProductType {
+    /// The `kind` in `products.json`.
+    pub kind: &'static str,
+    /// The manifest's `artifactType`.
+    pub artifact_type: &'static str,
+    /// The media type of its one blob.
+    pub media_type: &'static str,
+}
+
+/// Every product kind strata pushes and pulls.
+pub const PRODUCT_TYPES: [ProductType; 3] = [
+    ProductType {
+        kind: "initrd",
+        artifact_type: INITRD_ARTIFACT,
+        media_type: INITRD_IMAGE,
+    },
+    ProductType {
+        kind: "kernel",
+        artifact_type: oci::KERNEL_ARTIFACT,
+        media_type: oci::KERNEL_IMAGE,
+    },
+    ProductType {
+        kind: "sysext",
+        artifact_type: SYSEXT_ARTIFACT,
+        media_type: SYSEXT_IMAGE,
+    },
+];
+
+/// The type of a product kind.
+pub fn product_type(kind: &str) -> Option<ProductType> {
+    PRODUCT_TYPES.into_iter().find(|t| t.kind == kind)
+}
+
+/// The product type with this `artifactType`.
+pub fn product_type_of_artifact(artifact_type: &str) -> Option<ProductType> {
+    PRODUCT_TYPES.into_iter().find(|t| t.artifact_type == artifact_type)
+}
+
+/// The tag a product is pushed under, next to `tag` (the index).
+pub fn product_tag(tag: &str, product: &Product) -> Result<String> {
+    let t = match product.kind.as_str() {
+        "sysext" => {
+            let name = product
+                .file
+                .strip_suffix(SYSEXT_SUFFIX)
+                .filter(|n| !n.is_empty())
+                .with_context(|| format!("sysext file `{}` is not named NAME{SYSEXT_SUFFIX}", product.file))?;
+            format!("{tag}-sysext-{name}")
+        }
+        kind => format!("{tag}-{kind}"),
+    };
+    format!("localhost/x:{t}").parse::<Reference>().with_context(|| {
+        format!(
+            "the tag `{t}` for the {} product is not a valid tag (shorten `{tag}`)",
+            product.kind
+        )
+    })?;
+    Ok(t)
+}
+
+/// What `strata push` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `host[:port]/repository:tag`.
+    pub reference: String,
+    /// The build's output directory (with `products.json`).
+    pub output: PathBuf,
+    /// The cache directory holding the build's layer store.
+    pub cache_dir: PathBuf,
+    /// `org.opencontainers.image.version` (default: the tag).
+    pub version: Option<String>,
+    /// `org.opencontainers.image.source`.
+    pub source: Option<String>,
+    pub client: ClientOptions,
+}
+
+/// One manifest pushed.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    /// `layer base`, `initrd`, `index`, …
+    pub what: String,
+    /// Where it went (`host/repo:tag`).
+    pub reference: String,
+    pub digest: Digest,
+    pub stats: Stats,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub pushed: Vec<Pushed>,
+}
+
+impl Summary {
+    /// The sum over everything pushed.
+    pub fn total(&self) -> Stats {
+        let mut t = Stats::default();
+        for s in self.pushed.iter().map(|p| &p.stats) {
+            t.blobs_transferred += s.blobs_transferred;
+            t.bytes_transferred += s.bytes_transferred;
+            t.blobs_skipped += s.blobs_skipped;
+            t.bytes_skipped += s.bytes_skipped;
+            t.blobs_mounted += s.blobs_mounted;
+            t.bytes_mounted += s.bytes_mounted;
+            t.manifests_transferred += s.manifests_transferred;
+            t.manifests_skipped += s.manifests_skipped;
+        }
+        t
+    }
+
+    /// One line per manifest (`what`, reference, digest, what moved), then a total line.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .pushed
+            .iter()
+            .map(|p| format!("{}\t{}\t{}\t{}", p.what, p.reference, p.digest, describe(&p.stats)))
+            .collect();
+        lines.push(format!("total\t{}", describe(&self.total())));
+        lines
+    }
+}
+
+fn describe(s: &Stats) -> String {
+    let mut text = format!(
+        "uploaded {} bytes in {} blobs, skipped {} bytes in {} blobs already there",
+        s.bytes_transferred, s.blobs_transferred, s.bytes_skipped, s.blobs_skipped
+    );
+    if s.blobs_mounted > 0 {
+        text += &format!(", mounted {} bytes in {} blobs", s.bytes_mounted, s.blobs_mounted);
+    }
+    text += &format!(
+        ", {} manifests uploaded, {} unchanged",
+        s.manifests_transferred, s.manifests_skipped
+    );
+    text
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ArtifactManifest<'a> {
+    schema_version: u32,
+    media_type: &'a str,
+    artifact_type: &'a str,
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+    annotations: &'a BTreeMap<String, String>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Index<'a> {
+    schema_version: u32,
+    media_type: &'a str,
+    manifests: &'a [Descriptor],
+    annotations: &'a BTreeMap<String, String>,
+}
+
+fn plain(media_type: &str, digest: Digest, size: u64) -> Descriptor {
+    Descriptor {
+        media_type: media_type.into(),
+        digest,
+        size,
+        artifact_type: None,
+        annotations: HashMap::new(),
+    }
+}
+
+/// The artifact manifest of one product (canonical JSON).
+pub fn artifact_manifest(
+    ptype: ProductType,
+    file: &str,
+    blob: Digest,
+    size: u64,
+    annotations: &BTreeMap<String, String>,
+) -> Vec<u8> {
+    let mut layer = plain(ptype.media_type, blob, size);
+    layer.annotations.insert(ANN_TITLE.into(), file.into());
+    canonical_json(&ArtifactManifest {
+        schema_version: 2,
+        media_type: OCI_MANIFEST,
+        artifact_type: ptype.artifact_type,
+        config: plain(OCI_EMPTY, Digest::of(b"{}"), 2),
+        layers: vec![layer],
+        annotations,
+    })
+}
+
+/// Push the build in `opts.output` to `opts.reference`.
+pub async fn run(opts: &Options) -> Result<Summary> {
+    let reference: Reference = opts.reference.parse()?;
+    if reference.digest.is_some() {
+        bail!("{reference}: push to a tag, not to a digest");
+    }
+    let Some(tag) = reference.tag.clone() else {
+        bail!("{reference}: name the tag to push to, e.g. {reference}:13");
+    };
+    let at = |tag: &str| Reference {
+        tag: Some(tag.into()),
+        digest: None,
+        ..reference.clone()
+    };
+    let build = products::read(&opts.output)?;
+    // Check every product's tag before anything is sent.
+    for p in &build.products {
+        product_type(&p.kind).with_context(|| format!("strata cannot push a `{}` product yet", p.kind))?;
+        product_tag(&tag, p)?;
+    }
+    let store_dir = opts.cache_dir.join("oci");
+    let store = Store::open(&store_dir).with_context(|| format!("opening the layer store {}", store_dir.display()))?;
+    let client = Client::new(&reference.registry, opts.client.clone())?;
+    let mut summary = Summary::default();
+
+    // The layers, under their cache tags.
+    let mut epoch: Option<u64> = None;
+    if build.layers.is_empty() {
+        warn!(
+            "{} lists no layers (written by an older strata?): pushing the products only",
+            products::FILE
+        );
+    }
+    for layer in &build.layers {
+        let name = layer.ref_name();
+        let desc = store.get_ref(&name)?.with_context(|| {
+            format!(
+                "layer {name} of the build in {} is not in the store at {} (another --cache-dir?)",
+                opts.output.display(),
+                store_dir.display()
+            )
+        })?;
+        if desc.digest != layer.manifest {
+            bail!(
+                "layer {name} in the store is {}, but the build in {} used {}: build again before pushing",
+                desc.digest,
+                opts.output.display(),
+                layer.manifest
+            );
+        }
+        let manifest =
+            oci::get_manifest(&store, &name)?.with_context(|| format!("layer {name}: manifest unreadable"))?;
+        if let Some(e) = manifest.annotations().as_ref().and_then(|a| a.get(oci::ANN_EPOCH)) {
+            let e: u64 = e
+                .parse()
+                .with_context(|| format!("layer {name}: {} `{e}` is not a number", oci::ANN_EPOCH))?;
+            epoch = epoch.max(Some(e));
+        }
+        let remote = at(&remote_cache::tag(&layer.kind, &layer.key));
+        let t = registry::push(&client, &store, &name, &remote, &PushOptions::default())
+            .await
+            .with_context(|| format!("pushing the {} layer to {remote}", layer.kind))?;
+        summary.pushed.push(Pushed {
+            what: format!("layer-{}", layer.kind),
+            reference: remote.to_string(),
+            digest: t.manifest.digest,
+            stats: t.stats,
+        });
+    }
+
+    let mut annotations = BTreeMap::new();
+    match epoch {
+        Some(e) => {
+            annotations.insert(ANN_CREATED.to_string(), oci::rfc3339(e));
+        }
+        None => warn!("no layer names the build's epoch: the products carry no {ANN_CREATED} annotation"),
+    }
+    annotations.insert(
+        ANN_VERSION.to_string(),
+        opts.version.clone().unwrap_or_else(|| tag.clone()),
+    );
+    if let Some(s) = &opts.source {
+        annotations.insert(ANN_SOURCE.to_string(), s.clone());
+    }
+
+    // Each product as an artifact under its own tag.
+    let mut children = Vec::new();
+    for product in &build.products {
+        let ptype = product_type(&product.kind).expect("checked above");
+        let blob = import(&store, &opts.output, product)?;
+        let mut ann = annotations.clone();
+        ann.insert(ANN_TITLE.into(), product.file.clone());
+        ann.insert(ANN_PRODUCT.into(), product.kind.clone());
+        if let Some(v) = product.version.as_ref().filter(|_| product.kind == "kernel") {
+            ann.insert(oci::ANN_KERNEL_VERSION.into(), v.clone());
+        }
+        let manifest = artifact_manifest(ptype, &product.file, blob, product.size, &ann);
+        let desc = Descriptor {
+            artifact_type: Some(ptype.artifact_type.into()),
+            annotations: HashMap::from([
+                (ANN_TITLE.to_string(), product.file.clone()),
+                (ANN_PRODUCT.to_string(), product.kind.clone()),
+            ]),
+            ..plain(OCI_MANIFEST, store.put_blob(&manifest)?, manifest.len() as u64)
+        };
+        // Named in the store so the transfer can find it; the next push replaces the name.
+        let name = format!("strata.push.{}.{}", product.kind, product.file);
+        store.set_ref(&name, desc.clone())?;
+        let remote = at(&product_tag(&tag, product)?);
+        let t = registry::push(&client, &store, &name, &remote, &PushOptions::default())
+            .await
+            .with_context(|| format!("pushing {} to {remote}", product.file))?;
+        summary.pushed.push(Pushed {
+            what: product.kind.clone(),
+            reference: remote.to_string(),
+            digest: desc.digest.clone(),
+            stats: t.stats,
+        });
+        children.push(desc);
+    }
+
+    // The index of all products under the tag itself; its manifests are all there now.
+    let index = canonical_json(&Index {
+        schema_version: 2,
+        media_type: OCI_INDEX,
+        manifests: &children,
+        annotations: &annotations,
+    });
+    let digest = Digest::of(&index);
+    let mut stats = Stats::default();
+    let there = client.manifest_digest(&reference.repository, &tag).await?;
+    if there.as_ref() == Some(&digest) {
+        stats.manifests_skipped = 1;
+    } else {
+        client
+            .put_manifest(&reference.repository, &tag, OCI_INDEX, index.into())
+            .await
+            .with_context(|| format!("pushing the index of the products to {reference}"))?;
+        stats.manifests_transferred = 1;
+    }
+    summary.pushed.push(Pushed {
+        what: "index".into(),
+        reference: reference.to_string(),
+        digest,
+        stats,
+    });
+    Ok(summary)
+}
+
+/// Put a product file into the store, checking it is still the file `products.json` names.
+fn import(store: &Store, dir: &Path, product: &Product) -> Result<Digest> {
+    let path = dir.join(&product.file);
+    let expected: Digest = format!("sha256:{}", product.sha256)
+        .parse()
+        .with_context(|| format!("{}: bad sha256 for {}", products::FILE, product.file))?;
+    let mut file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut writer = store.blob_writer()?;
+    std::io::copy(&mut file, &mut writer).with_context(|| format!("reading {}", path.display()))?;
+    writer.commit(Some((&expected, product.size))).with_context(|| {
+        format!(
+            "{} is not the file {} names (changed since the build?)",
+            path.display(),
+            products::FILE
+        )
+    })?;
+    Ok(expected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_format::compress::Compression;
+
+    #[test]
+    fn product_tags() {
+        let i = Product::initrd("initrd.cpio.zst", Digest::of(b"i"), 1, Compression::DEFAULT, vec![]);
+        assert_eq!(product_tag("13", &i).unwrap(), "13-initrd");
+        let mut s = i.clone();
+        s.kind = "sysext".into();
+        s.file = "network.sysext.raw".into();
+        assert_eq!(product_tag("13", &s).unwrap(), "13-sysext-network");
+        s.file = "network.raw".into();
+        assert!(product_tag("13", &s).is_err());
+        assert!(product_tag(&"x".repeat(125), &i).is_err(), "too long");
+    }
+
+    #[test]
+    fn artifact_manifests_are_canonical_and_typed() {
+        let ann = BTreeMap::from([(ANN_VERSION.to_string(), "13".to_string())]);
+        let t = product_type("sysext").unwrap();
+        let m = artifact_manifest(t, "network.sysext.raw", Digest::of(b"x"), 1, &ann);
+        assert_eq!(
+            m,
+            canonical_json(&serde_json::from_slice::<serde_json::Value>(&m).unwrap())
+        );
+        let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        assert_eq!(v["artifactType"], SYSEXT_ARTIFACT);
+        assert_eq!(v["config"]["mediaType"], OCI_EMPTY);
+        assert_eq!(v["config"]["digest"], Digest::of(b"{}").to_string());
+        assert_eq!(v["layers"][0]["mediaType"], "application/vnd.efi.img");
+        assert_eq!(v["layers"][0]["annotations"][ANN_TITLE], "network.sysext.raw");
+        assert_eq!(v["annotations"][ANN_VERSION], "13");
+        assert_eq!(product_type_of_artifact(SYSEXT_ARTIFACT), Some(t));
+    }
+}

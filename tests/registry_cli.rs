@@ -1,0 +1,395 @@
+//! `strata push` and `strata pull`, the real binary against the loopback registry
+//! (`ci/registry.sh start`): a fake build's products and layers go up, a second push sends
+//! no blob, `strata pull` and `skopeo` read what was pushed, and `strata pull` refuses
+//! artifacts it does not know.
+
+#[path = "support/fake_build.rs"]
+mod fake_build;
+#[path = "support/oci_fixtures.rs"]
+mod fixtures;
+mod support;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use strata::digest::{Digest, canonical_json};
+use strata::registry::{self, ClientOptions, OCI_EMPTY, OCI_MANIFEST, PushOptions};
+use strata::store::{Descriptor, Store};
+
+/// A repository name no earlier run used, so first pushes really upload.
+fn fresh_repo(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("strata-test/{what}-{}-{nanos}", std::process::id())
+}
+
+/// Run the strata binary; no container engine is reachable.
+fn strata(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(args)
+        .env("CONTAINER_HOST", "unix:///nonexistent/podman.sock")
+        .env_remove("STRATA_CACHE_DIR")
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = strata(args);
+    assert!(
+        out.status.success(),
+        "strata {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = strata(args);
+    assert!(
+        !out.status.success(),
+        "strata {args:?} succeeded:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn total_line(stdout: &str) -> &str {
+    stdout
+        .lines()
+        .find(|l| l.starts_with("total\t"))
+        .unwrap_or_else(|| panic!("no total line in:\n{stdout}"))
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.unwrap().file_name().into_string().unwrap()).collect(),
+        Err(_) => vec![],
+    };
+    names.sort();
+    names
+}
+
+#[test]
+fn push_twice_pull_by_tag_and_skopeo_reads_it() {
+    let Some(addr) = support::registry() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let store = Store::open(&cache.join("oci")).unwrap();
+    let layers = fake_build::fake_layers(&store, 1);
+    let out = tmp.path().join("out");
+    let initrd = fixtures::noise(7, 300_000);
+    let vmlinuz = fixtures::noise(8, 100_000);
+    let sysext = fixtures::noise(9, 200_000);
+    fake_build::fake_output(
+        &out,
+        layers.clone(),
+        &[
+            ("kernel", "vmlinuz", vmlinuz.clone()),
+            ("initrd", "initrd.cpio.zst", initrd.clone()),
+            ("sysext", "network.sysext.raw", sysext.clone()),
+        ],
+    );
+    let repo = fresh_repo("cli");
+    let reference = format!("{addr}/{repo}:13");
+    let (out_s, cache_s) = (out.to_str().unwrap(), cache.to_str().unwrap());
+    let push = [
+        "push",
+        &reference,
+        "--output",
+        out_s,
+        "--cache-dir",
+        cache_s,
+        "--source",
+        "https://example.org/strata",
+    ];
+
+    let first = ok(&push);
+    let total = total_line(&first);
+    assert!(!total.contains("uploaded 0 bytes"), "{first}");
+    // Layers under their cache tags, each product under its own tag, the index under the tag.
+    for tag in [
+        format!("base-{}", layers[0].key.hex()),
+        format!("kernel-{}", layers[1].key.hex()),
+        "13-initrd".into(),
+        "13-kernel".into(),
+        "13-sysext-network".into(),
+    ] {
+        assert!(
+            first.contains(&format!("{addr}/{repo}:{tag}\t")),
+            "{tag} not pushed:\n{first}"
+        );
+    }
+    assert!(
+        first.lines().any(|l| l.starts_with(&format!("index\t{reference}\t"))),
+        "{first}"
+    );
+
+    let second = ok(&push);
+    let total = total_line(&second);
+    assert!(
+        total.contains("uploaded 0 bytes in 0 blobs") && total.contains("0 manifests uploaded"),
+        "{second}"
+    );
+
+    // Pull one product by its tag into an empty cache.
+    let dl = tmp.path().join("dl");
+    let dl_cache = tmp.path().join("dl-cache");
+    let (dl_s, dl_cache_s) = (dl.to_str().unwrap(), dl_cache.to_str().unwrap());
+    let pulled = ok(&[
+        "pull",
+        &format!("{reference}-sysext-network"),
+        "--output",
+        dl_s,
+        "--cache-dir",
+        dl_cache_s,
+    ]);
+    assert!(pulled.starts_with("sysext\t"), "{pulled}");
+    assert_eq!(files_in(&dl), ["network.sysext.raw"]);
+    assert_eq!(std::fs::read(dl.join("network.sysext.raw")).unwrap(), sysext);
+    assert_eq!(
+        std::fs::metadata(dl.join("network.sysext.raw"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o644
+    );
+    fixtures::assert_store_verified(&dl_cache.join("oci"));
+
+    // The index: every product.
+    let all = tmp.path().join("all");
+    ok(&[
+        "pull",
+        &reference,
+        "--output",
+        all.to_str().unwrap(),
+        "--cache-dir",
+        dl_cache_s,
+    ]);
+    assert_eq!(files_in(&all), ["initrd.cpio.zst", "network.sysext.raw", "vmlinuz"]);
+    assert_eq!(std::fs::read(all.join("initrd.cpio.zst")).unwrap(), initrd);
+    assert_eq!(std::fs::read(all.join("vmlinuz")).unwrap(), vmlinuz);
+
+    let Some(skopeo) = support::tool("skopeo") else { return };
+    let src = |tag: &str| format!("docker://{addr}/{repo}:{tag}");
+    let raw = run(Command::new(&skopeo).args(["inspect", "--raw", "--tls-verify=false", &src("13-sysext-network")]));
+    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(raw.as_bytes(), canonical_json(&m), "canonical JSON");
+    assert_eq!(m["artifactType"], "application/vnd.strata.sysext.v1");
+    assert_eq!(m["config"]["mediaType"], OCI_EMPTY);
+    assert_eq!(m["layers"][0]["mediaType"], "application/vnd.efi.img");
+    assert_eq!(m["layers"][0]["digest"], Digest::of(&sysext).to_string());
+    assert_eq!(
+        m["layers"][0]["annotations"]["org.opencontainers.image.title"],
+        "network.sysext.raw"
+    );
+    let ann = &m["annotations"];
+    assert_eq!(
+        ann["org.opencontainers.image.created"], "2023-11-14T22:13:20Z",
+        "from the layers' epoch"
+    );
+    assert_eq!(ann["org.opencontainers.image.version"], "13");
+    assert_eq!(ann["org.opencontainers.image.source"], "https://example.org/strata");
+    let index: serde_json::Value = serde_json::from_str(&run(Command::new(&skopeo).args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &src("13"),
+    ])))
+    .unwrap();
+    let types: Vec<_> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["artifactType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "application/vnd.strata.kernel.v1",
+            "application/vnd.strata.initrd.v1",
+            "application/vnd.strata.sysext.v1"
+        ]
+    );
+    // The base layer is an image skopeo understands.
+    let inspect: serde_json::Value = serde_json::from_str(&run(Command::new(&skopeo).args([
+        "inspect",
+        "--tls-verify=false",
+        &src(&format!("base-{}", layers[0].key.hex())),
+    ])))
+    .unwrap();
+    assert_eq!(inspect["Digest"], layers[0].manifest.to_string());
+
+    // skopeo copy into an OCI layout: the artifact byte for byte.
+    let layout = tmp.path().join("layout");
+    for tag in ["13-sysext-network", "13-initrd"] {
+        let dest = format!("oci:{}:{tag}", layout.display());
+        run(Command::new(&skopeo).args(["copy", "--quiet", "--src-tls-verify=false", &src(tag), &dest]));
+    }
+    let copied = Store::open(&layout).unwrap();
+    assert_eq!(copied.read_blob(&Digest::of(&sysext)).unwrap(), sysext);
+    assert_eq!(copied.read_blob(&Digest::of(&initrd)).unwrap(), initrd);
+    let desc = copied
+        .get_ref("13-sysext-network")
+        .unwrap()
+        .expect("skopeo named the manifest by its tag");
+    assert_eq!(copied.read_blob(&desc.digest).unwrap(), raw.as_bytes());
+}
+
+/// An artifact made by some other tool, pushed with the library.
+fn push_artifact(addr: &str, reference: &str, artifact_type: &str, blob_type: &str, title: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let put = |mt: &str, data: &[u8]| Descriptor {
+        media_type: mt.into(),
+        digest: store.put_blob(data).unwrap(),
+        size: data.len() as u64,
+        artifact_type: None,
+        annotations: Default::default(),
+    };
+    let config = put(OCI_EMPTY, b"{}");
+    let mut blob = put(blob_type, &fixtures::noise(11, 4096));
+    blob.annotations
+        .insert("org.opencontainers.image.title".into(), title.into());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
+        "config": config, "layers": [blob],
+    });
+    let desc = put(OCI_MANIFEST, &canonical_json(&manifest));
+    store.set_ref("it", desc).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let options = ClientOptions {
+        auth_files: Some(vec![]),
+        ..Default::default()
+    };
+    rt.block_on(registry::push_ref(
+        &store,
+        "it",
+        reference,
+        &options,
+        &PushOptions::default(),
+    ))
+    .unwrap();
+    assert!(reference.starts_with(addr));
+}
+
+#[test]
+fn pull_refuses_artifacts_it_does_not_know() {
+    let Some(addr) = support::registry() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = fresh_repo("refuse");
+    let cache = tmp.path().join("cache");
+    let cache_s = cache.to_str().unwrap();
+    let cases = [
+        (
+            "other-type",
+            "application/vnd.example.thing.v1",
+            "application/vnd.efi.img",
+            "x.sysext.raw",
+            "artifact type `application/vnd.example.thing.v1`",
+        ),
+        (
+            "wrong-blob",
+            "application/vnd.strata.sysext.v1",
+            "application/octet-stream",
+            "x.sysext.raw",
+            "media type `application/octet-stream`",
+        ),
+        (
+            "escape",
+            "application/vnd.strata.sysext.v1",
+            "application/vnd.efi.img",
+            "../x.sysext.raw",
+            "not a plain file name",
+        ),
+    ];
+    for (tag, artifact_type, blob_type, title, message) in cases {
+        let reference = format!("{addr}/{repo}:{tag}");
+        push_artifact(&addr, &reference, artifact_type, blob_type, title);
+        let dest = tmp.path().join(tag);
+        let err = fails(&[
+            "pull",
+            &reference,
+            "--output",
+            dest.to_str().unwrap(),
+            "--cache-dir",
+            cache_s,
+        ]);
+        assert!(err.contains(message) && err.contains("refusing"), "{tag}: {err}");
+        assert!(files_in(&dest).is_empty(), "{tag}: something was written");
+    }
+    // Nothing was downloaded for a refused artifact.
+    assert!(files_in(&cache.join("oci/blobs/sha256")).is_empty());
+
+    // A layer image is not a product either.
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open(store_dir.path()).unwrap();
+    fixtures::layer_image(&store, "layer", &fixtures::noise(3, 1000));
+    let reference = format!("{addr}/{repo}:layer");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let options = ClientOptions {
+        auth_files: Some(vec![]),
+        ..Default::default()
+    };
+    rt.block_on(registry::push_ref(
+        &store,
+        "layer",
+        &reference,
+        &options,
+        &PushOptions::default(),
+    ))
+    .unwrap();
+    let err = fails(&[
+        "pull",
+        &reference,
+        "--output",
+        tmp.path().join("layer").to_str().unwrap(),
+        "--cache-dir",
+        cache_s,
+    ]);
+    assert!(err.contains("application/vnd.oci.image.config.v1+json"), "{err}");
+}
+
+#[test]
+fn pull_with_cert_says_it_is_not_implemented() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = fails(&[
+        "pull",
+        "127.0.0.1:5000/x/network:13",
+        "--output",
+        tmp.path().to_str().unwrap(),
+        "--cert",
+        "/etc/verity.d/x.crt",
+    ]);
+    assert!(err.contains("not implemented yet"), "{err}");
+}
+
+#[test]
+fn push_needs_a_tag_and_a_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().to_str().unwrap();
+    let err = fails(&["push", "127.0.0.1:5000/x/initrd", "--output", out, "--cache-dir", out]);
+    assert!(err.contains("name the tag"), "{err}");
+    let err = fails(&[
+        "push",
+        "127.0.0.1:5000/x/initrd:13",
+        "--output",
+        out,
+        "--cache-dir",
+        out,
+    ]);
+    assert!(err.contains("products.json") && err.contains("strata build"), "{err}");
+}
