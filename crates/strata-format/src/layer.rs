@@ -330,6 +330,63 @@ impl Layer {
     }
 }
 
+/// Prefix of an OCI whiteout entry: `dir/.wh.name` deletes `dir/name` from lower layers.
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+
+impl Layer {
+    /// The changes from `parent` to `self` as an OCI layer diff: entries that are new or
+    /// differ (in type, content, mode, owner, mtime or xattrs), the parent directories they
+    /// need, and a whiteout (`.wh.<name>`, an empty regular file) for each path of `parent`
+    /// that `self` no longer has (one whiteout for a removed directory, not one per child).
+    pub fn diff_from(&self, parent: &Layer) -> Layer {
+        let mut out: Vec<Entry> = Vec::new();
+        for e in &self.entries {
+            match parent.get(&e.path) {
+                Some(p) if p == e => {}
+                _ => out.push(e.clone()),
+            }
+        }
+        let mut removed_dir: Option<String> = None;
+        for p in &parent.entries {
+            if removed_dir.as_deref().is_some_and(|d| p.path.starts_with(d) && p.path.as_bytes().get(d.len()) == Some(&b'/')) {
+                continue;
+            }
+            if self.get(&p.path).is_none() {
+                let (dir, name) = p.path.rsplit_once('/').map_or(("", p.path.as_str()), |(d, n)| (d, n));
+                let wh = if dir.is_empty() { format!("{WHITEOUT_PREFIX}{name}") } else { format!("{dir}/{WHITEOUT_PREFIX}{name}") };
+                out.push(Entry::file(&wh, Vec::new(), 0o644, p.mtime));
+                if p.kind == EntryKind::Dir {
+                    removed_dir = Some(p.path.clone());
+                }
+            }
+        }
+        // Hard links into unchanged files must carry the data themselves in the diff.
+        let present: std::collections::HashSet<String> = out.iter().map(|e| e.path.clone()).collect();
+        for e in &mut out {
+            if let EntryKind::Hardlink { target } = &e.kind {
+                if !present.contains(target) {
+                    if let Some(Entry { kind: EntryKind::File { data }, .. }) = self.get(target) {
+                        e.kind = EntryKind::File { data: data.clone() };
+                    }
+                }
+            }
+        }
+        // Parents of changed entries come from `self` (with their real metadata).
+        let mut parents = Vec::new();
+        for e in &out {
+            let mut p = e.path.as_str();
+            while let Some((parent_path, _)) = p.rsplit_once('/') {
+                if let Some(d) = self.get(parent_path) {
+                    parents.push(d.clone());
+                }
+                p = parent_path;
+            }
+        }
+        out.extend(parents);
+        Layer::from_entries(out).expect("a diff of two valid layers is valid")
+    }
+}
+
 /// Normalize a tar path: strip `./` and `/`, the optional prefix directory, reject `..`.
 /// Returns None for the root itself (or the stripped prefix directory).
 fn clean_path(raw: &[u8], strip_prefix: Option<&str>, shown: &str) -> Result<Option<String>, Error> {
@@ -480,6 +537,24 @@ mod tests {
         assert_eq!(paths, ["etc", "etc/x"]);
         let err = Layer::read_tar(tar.as_slice(), &ReadOptions { strip_prefix: Some("other".into()) }).unwrap_err();
         assert!(matches!(err, Error::UnsafePath { .. }), "{err}");
+    }
+
+    #[test]
+    fn diff_has_changes_whiteouts_and_parents() {
+        let parent = sample();
+        let mut entries = parent.entries().to_vec();
+        entries.retain(|e| e.path != "dev/null" && e.path != "dev" && e.path != "init");
+        entries.push(Entry::file("usr/bin/new", b"n".to_vec(), 0o755, 1));
+        for e in &mut entries {
+            if e.path == "usr/bin/ping" {
+                e.mode = 0o4755;
+            }
+        }
+        let child = Layer::from_entries(entries).unwrap();
+        let diff = child.diff_from(&parent);
+        let paths: Vec<&str> = diff.entries().iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, [".wh.dev", ".wh.init", "usr", "usr/bin", "usr/bin/new", "usr/bin/ping"]);
+        assert!(child.diff_from(&child).entries().is_empty());
     }
 
     #[test]
