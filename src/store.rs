@@ -78,6 +78,8 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store, Error> {
         let blobs = root.join("blobs/sha256");
         fs::create_dir_all(&blobs).map_err(io_at(&blobs))?;
+        remove_stale_temporaries(&blobs)?;
+        remove_stale_temporaries(root)?;
         let layout = root.join("oci-layout");
         if !layout.exists() {
             write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
@@ -123,7 +125,7 @@ impl Store {
     /// A writer that hashes while writing into a temporary file of the store.
     pub fn blob_writer(&self) -> Result<BlobWriter, Error> {
         let dir = self.root.join("blobs/sha256");
-        let file = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir).map_err(io_at(&dir))?;
+        let file = tempfile::Builder::new().prefix(&temp_prefix()).tempfile_in(&dir).map_err(io_at(&dir))?;
         set_readable(file.as_file(), &dir)?;
         Ok(BlobWriter { store: self.clone(), file, hasher: Sha256::new(), size: 0 })
     }
@@ -228,7 +230,7 @@ impl Write for BlobWriter {
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_at(dir))?;
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(io_at(dir))?;
+    let mut tmp = tempfile::Builder::new().prefix(&temp_prefix()).tempfile_in(dir).map_err(io_at(dir))?;
     // Temporary files are created 0600; products and store files are for everyone to read.
     set_readable(tmp.as_file(), path)?;
     tmp.write_all(data).map_err(io_at(path))?;
@@ -240,13 +242,43 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
 /// Copy a file atomically (same guarantees as [`write_atomic`]), streaming.
 pub fn copy_atomic(src: &Path, dest: &Path) -> Result<(), Error> {
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(io_at(dir))?;
+    let mut tmp = tempfile::Builder::new().prefix(&temp_prefix()).tempfile_in(dir).map_err(io_at(dir))?;
     set_readable(tmp.as_file(), dest)?;
     let mut input = File::open(src).map_err(io_at(src))?;
     io::copy(&mut input, &mut tmp).map_err(io_at(dest))?;
     tmp.as_file().sync_all().map_err(io_at(dest))?;
     tmp.persist(dest).map_err(|e| Error::Io { path: dest.to_path_buf(), source: e.error })?;
     sync_dir(dir)
+}
+
+/// Temporary files carry the writer's pid (`.tmp-<pid>-…`), so a later process can tell
+/// the leftovers of a killed writer from the files of one still running.
+fn temp_prefix() -> String {
+    format!(".tmp-{}-", std::process::id())
+}
+
+/// Remove `.tmp-<pid>-…` files in `dir` whose process is gone (a killed build, push or
+/// pull). Files of live processes, which may share the cache, are left alone.
+fn remove_stale_temporaries(dir: &Path) -> Result<(), Error> {
+    for entry in fs::read_dir(dir).map_err(io_at(dir))? {
+        let entry = entry.map_err(io_at(dir))?;
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(".tmp-")) else { continue };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
+        let alive = pid.is_some_and(|pid| {
+            !matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH))
+        });
+        if !alive {
+            let path = entry.path();
+            tracing::debug!(path = %path.display(), "removing a temporary file left by an interrupted writer");
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::Io { path, source: e }),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Mode 0644 (before the umask-free rename makes the file visible).
@@ -283,6 +315,22 @@ mod tests {
         assert!(err.to_string().contains(&d.to_string()));
         assert!(!store.has_blob(&d));
         assert!(matches!(store.read_blob(&d).unwrap_err(), Error::Missing { .. }));
+    }
+
+    #[test]
+    fn open_removes_temporaries_of_dead_writers_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let blobs = dir.path().join("blobs/sha256");
+        // pid 2^22+1 is above Linux's pid_max limit: never a live process.
+        fs::write(blobs.join(".tmp-4194305-abc"), b"partial").unwrap();
+        fs::write(blobs.join(".tmp-legacy"), b"partial").unwrap();
+        let live = store.blob_writer().unwrap();
+        Store::open(dir.path()).unwrap();
+        let left: Vec<String> = fs::read_dir(&blobs).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].starts_with(&format!(".tmp-{}-", std::process::id())));
+        drop(live);
     }
 
     #[test]
