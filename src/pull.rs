@@ -9,6 +9,12 @@
 //! Blobs go through the local store (verified by digest and size on the way in), are hashed
 //! again while they are copied out, and each file is written atomically (temporary file,
 //! fsync, rename), mode 0644.
+//!
+//! With `--cert`, each sysext is also checked against the certificate before it is installed
+//! ([`strata_format::ddi_verify`]: signature, root hash, the whole verity tree); `--cert`
+//! with any other product is an error. All files of one pull are staged as temporary files
+//! in the output directory and renamed into place only when every one of them passed, so a
+//! refused pull leaves nothing behind.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read as _, Write as _};
@@ -22,6 +28,8 @@ use crate::digest::Digest;
 use crate::push::{self, ANN_TITLE, PRODUCT_TYPES, ProductType, SYSEXT_SUFFIX};
 use crate::registry::{Client, ClientOptions, FetchedManifest, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Reference};
 use crate::store::{Descriptor, Store};
+use strata_format::ddi_verify;
+use strata_format::sign::Certificate;
 
 /// What `strata pull` was asked to do.
 #[derive(Debug, Clone)]
@@ -153,13 +161,7 @@ fn check_file_name(name: &str, ptype: ProductType) -> Result<()> {
 
 /// Fetch `opts.reference` and install its product(s) into `opts.output`.
 pub async fn run(opts: &Options) -> Result<Vec<Pulled>> {
-    if let Some(cert) = &opts.cert {
-        bail!(
-            "--cert {}: checking a sysext's verity signature is not implemented yet (it needs the sysext format of issue 3); \
-             pull without --cert and check the image with `systemd-dissect --validate`",
-            cert.display()
-        );
-    }
+    let cert = opts.cert.as_deref().map(load_certificate).transpose()?;
     let reference: Reference = opts.reference.parse()?;
     let repo = &reference.repository;
     let client = Client::new(&reference.registry, opts.client.clone())?;
@@ -210,11 +212,22 @@ pub async fn run(opts: &Options) -> Result<Vec<Pulled>> {
         }
         plans.push(plan);
     }
+    if let (Some(path), Some(plan)) = (&opts.cert, plans.iter().find(|p| p.ptype.kind != "sysext")) {
+        bail!(
+            "--cert {}: only a sysext carries a verity signature to check, and {reference} holds the {} `{}`; \
+             pull it without --cert",
+            path.display(),
+            plan.ptype.kind,
+            plan.file
+        );
+    }
 
     std::fs::create_dir_all(&opts.output).with_context(|| format!("creating {}", opts.output.display()))?;
+    remove_stale_temporaries(&opts.output)?;
     let store_dir = opts.cache_dir.join("oci");
     let store = Store::open(&store_dir).with_context(|| format!("opening the store {}", store_dir.display()))?;
     let mut pulled = Vec::new();
+    let mut staged = Vec::new();
     for plan in plans {
         let dest = opts.output.join(&plan.file);
         let what = format!("{}@{}", reference.registry, plan.blob.digest);
@@ -222,16 +235,23 @@ pub async fn run(opts: &Options) -> Result<Vec<Pulled>> {
             .pull_blob(&store, repo, &plan.blob)
             .await
             .with_context(|| format!("downloading {what}"))?;
-        if let Err(e) = install(&store, &plan.blob, &dest) {
-            // The store's copy (from an earlier pull) is damaged: fetch it once more.
-            tracing::warn!("{e:#}; downloading it again");
-            std::fs::remove_file(store.blob_path(&plan.blob.digest)).ok();
-            received += client
-                .pull_blob(&store, repo, &plan.blob)
-                .await
-                .with_context(|| format!("downloading {what}"))?;
-            install(&store, &plan.blob, &dest)?;
-        }
+        let file = match stage(&store, &plan.blob, &dest, cert.as_ref()) {
+            Ok(file) => file,
+            // Signed for someone else or tampered with before it was pushed: the blob is what
+            // the registry promised, so downloading it again would not help.
+            Err(e) if e.downcast_ref::<ddi_verify::Error>().is_some() => return Err(e),
+            Err(e) => {
+                // The store's copy (from an earlier pull) is damaged: fetch it once more.
+                tracing::warn!("{e:#}; downloading it again");
+                std::fs::remove_file(store.blob_path(&plan.blob.digest)).ok();
+                received += client
+                    .pull_blob(&store, repo, &plan.blob)
+                    .await
+                    .with_context(|| format!("downloading {what}"))?;
+                stage(&store, &plan.blob, &dest, cert.as_ref())?
+            }
+        };
+        staged.push((file, dest.clone()));
         pulled.push(Pulled {
             kind: plan.ptype.kind.into(),
             path: dest,
@@ -240,12 +260,56 @@ pub async fn run(opts: &Options) -> Result<Vec<Pulled>> {
             bytes_received: received,
         });
     }
+    for (file, dest) in staged {
+        persist(file, &dest)?;
+    }
     Ok(pulled)
 }
 
-/// Copy the blob `desc` from the store to `dest`, hashing on the way: the file appears
-/// (atomically) only if it has the right digest and size.
+/// Temporary files in the output directory are `.strata-pull-<pid>-<random>`.
+const TMP_PREFIX: &str = ".strata-pull-";
+
+/// Remove the temporary files a killed `strata pull` left in `dir`: those whose process is
+/// gone. Files of a pull still running (another process, same directory) are kept.
+fn remove_stale_temporaries(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TMP_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) != Err(nix::errno::Errno::ESRCH);
+        if !alive {
+            tracing::info!("removing {}, left by an interrupted pull", entry.path().display());
+            std::fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Read the certificate for `--cert` (PEM or DER).
+fn load_certificate(path: &Path) -> Result<Certificate> {
+    let bytes = std::fs::read(path).with_context(|| format!("--cert: reading {}", path.display()))?;
+    strata_format::sign::load_certificate_pem_or_der(&bytes)
+        .with_context(|| format!("--cert: {} is not an X.509 certificate", path.display()))
+}
+
+/// Copy and install in one step.
+#[cfg(test)]
 fn install(store: &Store, desc: &Descriptor, dest: &Path) -> Result<()> {
+    persist(stage(store, desc, dest, None)?, dest)
+}
+
+/// Copy the blob `desc` from the store to a temporary file next to `dest`, hashing on the
+/// way; fails unless it has the right digest and size and, given a certificate, is a sysext
+/// image signed for it. The file is synced; [`persist`] puts it in place.
+fn stage(store: &Store, desc: &Descriptor, dest: &Path, cert: Option<&Certificate>) -> Result<tempfile::NamedTempFile> {
     let src = store.blob_path(&desc.digest);
     let dir = dest
         .parent()
@@ -253,7 +317,7 @@ fn install(store: &Store, desc: &Descriptor, dest: &Path) -> Result<()> {
         .unwrap_or(Path::new("."));
     let mut input = std::fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
     let mut tmp = tempfile::Builder::new()
-        .prefix(".strata-pull-")
+        .prefix(&format!("{TMP_PREFIX}{}-", std::process::id()))
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     let mut hasher = sha2::Sha256::new();
@@ -282,8 +346,31 @@ fn install(store: &Store, desc: &Descriptor, dest: &Path) -> Result<()> {
         );
     }
     let file = tmp.as_file();
+    if let Some(cert) = cert {
+        let verified = ddi_verify::verify(file, cert).with_context(|| {
+            format!(
+                "refusing {}: it is not a sysext image signed for the certificate `{}`",
+                dest.display(),
+                cert.tbs_certificate().subject()
+            )
+        })?;
+        tracing::info!(
+            "{}: signature and verity root hash {} verified",
+            dest.display(),
+            verified.root_hash
+        );
+    }
     file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
     file.sync_all()?;
+    Ok(tmp)
+}
+
+/// Rename a staged file to `dest` and sync the directory.
+fn persist(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<()> {
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     tmp.persist(dest)
         .with_context(|| format!("writing {}", dest.display()))?;
     std::fs::File::open(dir)
@@ -341,6 +428,13 @@ mod tests {
             artifact_type: None,
             annotations: HashMap::new(),
         };
+        // What a killed pull leaves, and what a running one has.
+        let stale = dir.path().join(format!("{TMP_PREFIX}{}-abc", i32::MAX));
+        let running = dir.path().join(format!("{TMP_PREFIX}{}-abc", std::process::id()));
+        std::fs::write(&stale, b"x").unwrap();
+        std::fs::write(&running, b"x").unwrap();
+        remove_stale_temporaries(dir.path()).unwrap();
+        assert!(!stale.exists() && running.exists());
         install(&store, &desc, &dir.path().join("out")).unwrap();
         assert_eq!(std::fs::read(dir.path().join("out")).unwrap(), b"hello");
         std::fs::write(store.blob_path(&d), b"hellO").unwrap();

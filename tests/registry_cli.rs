@@ -1,12 +1,15 @@
 //! `strata push` and `strata pull`, the real binary against the loopback registry
 //! (`ci/registry.sh start`): a fake build's products and layers go up, a second push sends
 //! no blob, `strata pull` and `skopeo` read what was pushed, and `strata pull` refuses
-//! artifacts it does not know.
+//! artifacts it does not know; with `--cert` it installs a sysext only when its signature
+//! and verity tree check out against the certificate.
 
 #[path = "support/fake_build.rs"]
 mod fake_build;
 #[path = "support/oci_fixtures.rs"]
 mod fixtures;
+#[path = "support/signed_sysext.rs"]
+mod signed_sysext;
 mod support;
 
 use std::os::unix::fs::PermissionsExt as _;
@@ -364,17 +367,117 @@ fn pull_refuses_artifacts_it_does_not_know() {
 }
 
 #[test]
-fn pull_with_cert_says_it_is_not_implemented() {
+fn pull_with_cert_checks_the_sysext_signature() {
+    let Some(addr) = support::registry() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let err = fails(&[
-        "pull",
-        "127.0.0.1:5000/x/network:13",
+    let (signer, cert_pem) = signed_sysext::dev_key("strata pull test");
+    let (_, other_pem) = signed_sysext::dev_key("someone else");
+    let (cert, other) = (tmp.path().join("sysext.crt"), tmp.path().join("other.crt"));
+    std::fs::write(&cert, &cert_pem).unwrap();
+    std::fs::write(&other, &other_pem).unwrap();
+    let (cert, other) = (cert.to_str().unwrap(), other.to_str().unwrap());
+    let good = signed_sysext::image(&signer, 5, 1, false);
+    let tampered = signed_sysext::image(&signer, 5, 2, true);
+
+    // A build with an initrd, a good sysext and a tampered one.
+    let cache = tmp.path().join("cache");
+    let store = Store::open(&cache.join("oci")).unwrap();
+    let out = tmp.path().join("out");
+    fake_build::fake_output(
+        &out,
+        fake_build::fake_layers(&store, 2),
+        &[
+            ("initrd", "initrd.cpio.zst", fixtures::noise(12, 10_000)),
+            ("sysext", "network.sysext.raw", good.clone()),
+            ("sysext", "storage.sysext.raw", tampered),
+        ],
+    );
+    let reference = format!("{addr}/{}:13", fresh_repo("cert"));
+    let cache_s = cache.to_str().unwrap();
+    ok(&[
+        "push",
+        &reference,
         "--output",
-        tmp.path().to_str().unwrap(),
-        "--cert",
-        "/etc/verity.d/x.crt",
+        out.to_str().unwrap(),
+        "--cache-dir",
+        cache_s,
     ]);
-    assert!(err.contains("not implemented yet"), "{err}");
+    let pull = |what: &str, dest: &Path, cert: &str| {
+        strata(&[
+            "pull",
+            &format!("{reference}{what}"),
+            "--output",
+            dest.to_str().unwrap(),
+            "--cache-dir",
+            cache_s,
+            "--cert",
+            cert,
+        ])
+    };
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    // The right certificate: installed, byte for byte.
+    let dest = tmp.path().join("good");
+    let o = pull("-sysext-network", &dest, cert);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(files_in(&dest), ["network.sysext.raw"]);
+    assert_eq!(std::fs::read(dest.join("network.sysext.raw")).unwrap(), good);
+
+    // Another certificate: refused, and nothing (not even a temporary file) is left.
+    let dest = tmp.path().join("other");
+    let o = pull("-sysext-network", &dest, other);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("refusing") && err.contains("signed for the certificate with SHA-256 fingerprint"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("downloading it again"),
+        "a refused signature is not a damaged download: {err}"
+    );
+    assert!(files_in(&dest).is_empty(), "{:?}", files_in(&dest));
+
+    // Tampered after signing: the recomputed root hash says so.
+    let dest = tmp.path().join("tampered");
+    let o = pull("-sysext-storage", &dest, cert);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("the data partition hashes to root hash"), "{err}");
+    assert!(files_in(&dest).is_empty(), "{:?}", files_in(&dest));
+
+    // --cert on something that is not a sysext: an error before anything is downloaded.
+    let dest = tmp.path().join("initrd");
+    for what in ["-initrd", ""] {
+        let o = pull(what, &dest, cert);
+        assert!(!o.status.success());
+        let err = stderr(&o);
+        assert!(
+            err.contains("only a sysext carries a verity signature"),
+            "{what}: {err}"
+        );
+        assert!(files_in(&dest).is_empty());
+    }
+}
+
+#[test]
+fn pull_with_an_unreadable_cert_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing.crt");
+    let not_a_cert = tmp.path().join("junk.crt");
+    std::fs::write(&not_a_cert, "hello").unwrap();
+    for (cert, message) in [(&missing, "reading"), (&not_a_cert, "is not an X.509 certificate")] {
+        let err = fails(&[
+            "pull",
+            "127.0.0.1:1/x/network:13",
+            "--output",
+            tmp.path().join("out").to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+        ]);
+        assert!(err.contains("--cert") && err.contains(message), "{err}");
+    }
+    assert!(files_in(&tmp.path().join("out")).is_empty());
 }
 
 #[test]

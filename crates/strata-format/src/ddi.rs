@@ -33,6 +33,13 @@
 //! systemd-dissect 257 (Debian 13) accepts such an image with `--validate`, also under the
 //! strict sysext policy `root=signed+absent:usr=signed+absent` and with `--root-hash=`.
 //!
+//! Without a signing key, [`write_unsigned`] leaves the signature partition out (data and
+//! hash tree only), as systemd-repart does for `Verity=data`/`Verity=hash` without
+//! `Verity=signature`. systemd uses verity on such an image only when it is given the root
+//! hash (`--root-hash=`, a `<image>.roothash` file or the `user.verity.roothash` xattr);
+//! otherwise the data partition counts as unprotected, which the strict policy
+//! systemd-sysext applies to `/.extra/sysext/` in the initrd refuses.
+//!
 //! The GPT is written here rather than with the `gpt` crate: `gpt` edits a table on a
 //! `Read + Write + Seek` device of the final size (so the whole image in memory or a file),
 //! while this writer streams the image front to back into any `Write`, the data partition
@@ -236,15 +243,17 @@ pub struct Partition {
     pub attributes: u64,
 }
 
-/// Where everything goes: decided before a byte is written.
+/// Where everything goes: decided before a byte is written. `N` is 3 for a signed image
+/// ([`layout`], [`write`]) and 2 for one without a signature partition ([`layout_unsigned`],
+/// [`write_unsigned`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Layout {
+pub struct Layout<const N: usize = 3> {
     /// GPT disk GUID.
     pub disk_guid: Uuid,
     /// Total image size in bytes.
     pub size: u64,
-    /// Data, verity hash tree, verity signature, in that order.
-    pub partitions: [Partition; 3],
+    /// Data, verity hash tree, verity signature (if signed), in that order.
+    pub partitions: [Partition; N],
 }
 
 /// Lay out an image for these sizes and root hash, checking the sizes as [`write`] does.
@@ -255,6 +264,30 @@ pub fn layout(
     signature_len: u64,
     root_hash: &RootHash,
 ) -> Result<Layout, Error> {
+    check_sizes(data_size, hash_tree_len)?;
+    // At least one NUL after the JSON, as systemd-repart writes it.
+    let signature_size = (signature_len + 1).next_multiple_of(ALIGNMENT);
+    if signature_size > MAX_SIGNATURE_PARTITION_SIZE {
+        return Err(Error::SignatureTooLarge {
+            size: signature_size,
+        });
+    }
+    Ok(place(arch, data_size, hash_tree_len, Some(signature_size), root_hash))
+}
+
+/// Lay out an image without a signature partition (data and hash tree only), checking the
+/// sizes as [`write_unsigned`] does.
+pub fn layout_unsigned(
+    arch: Arch,
+    data_size: u64,
+    hash_tree_len: u64,
+    root_hash: &RootHash,
+) -> Result<Layout<2>, Error> {
+    check_sizes(data_size, hash_tree_len)?;
+    Ok(place(arch, data_size, hash_tree_len, None, root_hash))
+}
+
+fn check_sizes(data_size: u64, hash_tree_len: u64) -> Result<(), Error> {
     if data_size == 0 {
         return Err(Error::EmptyData);
     }
@@ -268,20 +301,24 @@ pub fn layout(
             expected,
         });
     }
-    // At least one NUL after the JSON, as systemd-repart writes it.
-    let signature_size = (signature_len + 1).next_multiple_of(ALIGNMENT);
-    if signature_size > MAX_SIGNATURE_PARTITION_SIZE {
-        return Err(Error::SignatureTooLarge {
-            size: signature_size,
-        });
-    }
+    Ok(())
+}
 
+/// Place the partitions (the signature partition only if `signature_size` is given; `N`
+/// must match) after the primary table, each on the next 4096-byte boundary.
+fn place<const N: usize>(
+    arch: Arch,
+    data_size: u64,
+    hash_tree_len: u64,
+    signature_size: Option<u64>,
+    root_hash: &RootHash,
+) -> Layout<N> {
     let types = arch.partition_types();
     let name = arch.name();
     let hash = root_hash.as_bytes();
     let read_only = FLAG_READ_ONLY;
     let mut offset = (2 + ENTRY_SECTORS) * SECTOR_SIZE;
-    let mut place = |type_uuid, uuid, name: String, size: u64| {
+    let mut next = |type_uuid, uuid, name: String, size: u64| {
         let start = offset.next_multiple_of(ALIGNMENT);
         offset = start + size;
         Partition {
@@ -293,39 +330,43 @@ pub fn layout(
             attributes: read_only,
         }
     };
-    let partitions = [
-        place(
+    let mut partitions = vec![
+        next(
             types.root,
             uuid_from(&hash[..16]),
             format!("root-{name}"),
             data_size,
         ),
-        place(
+        next(
             types.root_verity,
             uuid_from(&hash[16..]),
             format!("root-{name}-verity"),
             hash_tree_len,
         ),
-        place(
+    ];
+    if let Some(signature_size) = signature_size {
+        partitions.push(next(
             types.root_verity_sig,
             derived_uuid(root_hash, "verity-sig partition"),
             format!("root-{name}-verity-sig"),
             signature_size,
-        ),
-    ];
+        ));
+    }
     let size = (offset + (ENTRY_SECTORS + 1) * SECTOR_SIZE).next_multiple_of(ALIGNMENT);
-    Ok(Layout {
+    Layout {
         disk_guid: derived_uuid(root_hash, "disk"),
         size,
-        partitions,
-    })
+        partitions: partitions
+            .try_into()
+            .expect("callers ask for 3 partitions with a signature, 2 without"),
+    }
 }
 
 /// Write the whole image to `out`, front to back. Returns its layout.
-pub fn write<R: Read>(input: Input<'_, R>, mut out: impl Write) -> Result<Layout, Error> {
+pub fn write<R: Read>(input: Input<'_, R>, out: impl Write) -> Result<Layout, Error> {
     let Input {
         arch,
-        mut data,
+        data,
         data_size,
         hash_tree,
         root_hash,
@@ -341,8 +382,35 @@ pub fn write<R: Read>(input: Input<'_, R>, mut out: impl Write) -> Result<Layout
         signature_json.len() as u64,
         &root_hash,
     )?;
+    write_layout(layout, data, data_size, hash_tree, Some(signature_json), out)
+}
+
+/// Write an image without a signature partition: the data and its hash tree only (see the
+/// module documentation for what systemd makes of it). Returns its layout.
+pub fn write_unsigned<R: Read>(
+    arch: Arch,
+    data: R,
+    data_size: u64,
+    hash_tree: &[u8],
+    root_hash: RootHash,
+    out: impl Write,
+) -> Result<Layout<2>, Error> {
+    let layout = layout_unsigned(arch, data_size, hash_tree.len() as u64, &root_hash)?;
+    write_layout(layout, data, data_size, hash_tree, None, out)
+}
+
+/// Write the image laid out by `layout` (with a signature partition if `signature_json` is
+/// given).
+fn write_layout<R: Read, const N: usize>(
+    layout: Layout<N>,
+    mut data: R,
+    data_size: u64,
+    hash_tree: &[u8],
+    signature_json: Option<&[u8]>,
+    mut out: impl Write,
+) -> Result<Layout<N>, Error> {
     check_superblock(hash_tree, data_size)?;
-    let [data_part, hash_part, sig_part] = &layout.partitions;
+    let (data_part, hash_part) = (&layout.partitions[0], &layout.partitions[1]);
 
     let last_lba = layout.size / SECTOR_SIZE - 1;
     let entries = entry_array(&layout.partitions);
@@ -352,7 +420,7 @@ pub fn write<R: Read>(input: Input<'_, R>, mut out: impl Write) -> Result<Layout
         failed: false,
     };
     w.put(&protective_mbr(last_lba))?;
-    w.put(&header(&layout, &entries, 1, last_lba))?;
+    w.put(&header(layout.disk_guid, layout.size, &entries, 1, last_lba))?;
     w.put(&entries)?;
 
     w.zeros_to(data_part.offset)?;
@@ -371,11 +439,13 @@ pub fn write<R: Read>(input: Input<'_, R>, mut out: impl Write) -> Result<Layout
     }
     w.zeros_to(hash_part.offset)?;
     w.put(hash_tree)?;
-    w.zeros_to(sig_part.offset)?;
-    w.put(signature_json)?;
+    if let (Some(json), Some(sig_part)) = (signature_json, layout.partitions.get(2)) {
+        w.zeros_to(sig_part.offset)?;
+        w.put(json)?;
+    }
     w.zeros_to(last_lba * SECTOR_SIZE - ENTRY_SECTORS * SECTOR_SIZE)?;
     w.put(&entries)?;
-    w.put(&header(&layout, &entries, last_lba, 1))?;
+    w.put(&header(layout.disk_guid, layout.size, &entries, last_lba, 1))?;
     debug_assert_eq!(w.pos, layout.size);
     out.flush().map_err(Error::Write)?;
     Ok(layout)
@@ -459,12 +529,13 @@ fn entry_array(partitions: &[Partition]) -> Vec<u8> {
 /// A GPT header sector: the primary one (at LBA 1, entries after it) or the backup one (at
 /// the last LBA, entries before it).
 fn header(
-    layout: &Layout,
+    disk_guid: Uuid,
+    size: u64,
     entries: &[u8],
     my_lba: u64,
     alternate_lba: u64,
 ) -> [u8; SECTOR_SIZE as usize] {
-    let last_lba = layout.size / SECTOR_SIZE - 1;
+    let last_lba = size / SECTOR_SIZE - 1;
     let entries_lba = if my_lba == 1 {
         2
     } else {
@@ -478,7 +549,7 @@ fn header(
     h[32..40].copy_from_slice(&alternate_lba.to_le_bytes());
     h[40..48].copy_from_slice(&(2 + ENTRY_SECTORS).to_le_bytes()); // first usable LBA
     h[48..56].copy_from_slice(&(last_lba - ENTRY_SECTORS - 1).to_le_bytes()); // last usable LBA
-    h[56..72].copy_from_slice(&layout.disk_guid.to_bytes_le());
+    h[56..72].copy_from_slice(&disk_guid.to_bytes_le());
     h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
     h[80..84].copy_from_slice(&(ENTRY_COUNT as u32).to_le_bytes());
     h[84..88].copy_from_slice(&(ENTRY_SIZE as u32).to_le_bytes());

@@ -9,4 +9,6 @@ pub mod verity;
 pub mod squashfs;
 pub mod tree;
 pub mod ddi;
+pub mod ddi_verify;
 pub mod sign;
+pub mod sysext;

@@ -1,0 +1,369 @@
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use super::release::os_release_field;
+use super::*;
+use crate::ddi::Arch;
+
+fn release() -> ExtensionRelease {
+    ExtensionRelease {
+        id: "debian".into(),
+        version_id: Some("13".into()),
+        sysext_level: None,
+        architecture: Arch::X86_64,
+        scope: vec!["initrd".into(), "system".into()],
+        extra: Vec::new(),
+    }
+}
+
+fn layer(entries: Vec<Entry>) -> Layer {
+    Layer::from_entries(entries).unwrap()
+}
+
+fn hardlink(path: &str, target: &str) -> Entry {
+    Entry::new(path, EntryKind::Hardlink { target: target.into() }, 0o644, 0)
+}
+
+fn usr_layer(marker: &[u8]) -> Layer {
+    let mut bin = Entry::file(
+        "usr/bin/hello",
+        b"#!/bin/sh\necho hello\n".to_vec(),
+        0o755,
+        1_700_000_000,
+    );
+    bin.xattrs.insert("security.capability".into(), vec![1, 0, 0, 2]);
+    layer(vec![
+        bin,
+        Entry::file("usr/share/marker", marker.to_vec(), 0o644, 1_700_000_000),
+        hardlink("usr/share/marker2", "usr/share/marker"),
+        Entry::symlink("usr/bin/hi", "hello", 1_700_000_000),
+        Entry::file("opt/tool/README", b"opt works too".to_vec(), 0o644, 1_700_000_000),
+    ])
+}
+
+fn signer() -> &'static Signer {
+    static SIGNER: OnceLock<Signer> = OnceLock::new();
+    SIGNER.get_or_init(|| {
+        let from = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let pair = sign::generate_dev_key("strata sysext test", from, from + Duration::from_secs(86400)).unwrap();
+        Signer::from_pem(pair.key_pem.as_bytes(), pair.certificate_pem.as_bytes()).unwrap()
+    })
+}
+
+#[test]
+fn extension_release_renders_what_systemd_reads() {
+    let mut r = release();
+    r.extra.push(("EXTENSION_RELOAD_MANAGER".into(), "1".into()));
+    assert_eq!(
+        r.render(),
+        "ID=debian\nVERSION_ID=13\nARCHITECTURE=x86-64\nSYSEXT_SCOPE=\"initrd system\"\nEXTENSION_RELOAD_MANAGER=1\n"
+    );
+    assert_eq!(
+        r.render_confext(),
+        "ID=debian\nVERSION_ID=13\nARCHITECTURE=x86-64\nCONFEXT_SCOPE=\"initrd system\"\nEXTENSION_RELOAD_MANAGER=1\n"
+    );
+    let r = ExtensionRelease {
+        version_id: None,
+        sysext_level: Some("strata.1".into()),
+        architecture: Arch::Arm64,
+        scope: vec!["initrd".into()],
+        extra: vec![("X_NOTE".into(), "say \"$hi\" \\ `now`".into())],
+        ..release()
+    };
+    assert_eq!(
+        r.render(),
+        "ID=debian\nSYSEXT_LEVEL=strata.1\nARCHITECTURE=arm64\nSYSEXT_SCOPE=initrd\nX_NOTE=\"say \\\"\\$hi\\\" \\\\ \\`now\\`\"\n"
+    );
+    assert!(r.render_confext().contains("\nCONFEXT_LEVEL=strata.1\n"));
+    assert_eq!(
+        Class::Sysext.release_path("net"),
+        "usr/lib/extension-release.d/extension-release.net"
+    );
+    assert_eq!(
+        Class::Confext.release_path("net"),
+        "etc/extension-release.d/extension-release.net"
+    );
+    assert_eq!(Class::Sysext.file_name("net"), "net.sysext.raw");
+}
+
+#[test]
+fn extension_release_from_the_base_os_release() {
+    let os = "PRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"13\"\nID=debian\n";
+    let r = ExtensionRelease::from_os_release(os, Arch::X86_64);
+    assert_eq!(
+        (r.id.as_str(), r.version_id.as_deref(), r.sysext_level.as_deref()),
+        ("debian", Some("13"), None)
+    );
+    assert_eq!(
+        os_release_field("A='x y'\nB=\"a\\\"b\"\n", "B").as_deref(),
+        Some("a\"b")
+    );
+    assert_eq!(os_release_field("A='x y'\n", "A").as_deref(), Some("x y"));
+    assert_eq!(os_release_field("AB=1\n", "A"), None);
+}
+
+#[test]
+fn invalid_release_data_is_refused_with_the_field() {
+    let key_of = |r: ExtensionRelease| match r.validate() {
+        Err(Error::InvalidRelease { key, .. }) => key,
+        other => panic!("expected InvalidRelease, got {other:?}"),
+    };
+    assert_eq!(
+        key_of(ExtensionRelease {
+            version_id: None,
+            ..release()
+        }),
+        "VERSION_ID"
+    );
+    assert_eq!(
+        key_of(ExtensionRelease {
+            id: "Debian".into(),
+            ..release()
+        }),
+        "ID"
+    );
+    assert_eq!(
+        key_of(ExtensionRelease {
+            scope: vec!["host".into()],
+            ..release()
+        }),
+        "SYSEXT_SCOPE"
+    );
+    assert_eq!(
+        key_of(ExtensionRelease {
+            extra: vec![("ID".into(), "x".into())],
+            ..release()
+        }),
+        "ID"
+    );
+    assert_eq!(
+        key_of(ExtensionRelease {
+            extra: vec![("A".into(), "x\ny".into())],
+            ..release()
+        }),
+        "A"
+    );
+    assert_eq!(
+        key_of(ExtensionRelease {
+            version_id: Some("13 beta".into()),
+            ..release()
+        }),
+        "VERSION_ID"
+    );
+    release().validate().unwrap();
+    ExtensionRelease {
+        id: "_any".into(),
+        version_id: None,
+        ..release()
+    }
+    .validate()
+    .unwrap();
+}
+
+#[test]
+fn split_reports_paths_outside_usr_opt_and_etc() {
+    let l = layer(vec![
+        Entry::file("etc/foo.conf", b"shared".to_vec(), 0o640, 5),
+        hardlink("usr/lib/foo.conf", "etc/foo.conf"),
+        hardlink("usr/share/foo.conf", "etc/foo.conf"),
+        Entry::file("usr/bin/a", b"a".to_vec(), 0o755, 5),
+        Entry::file("opt/b", b"b".to_vec(), 0o644, 5),
+        Entry::file("var/lib/x/state", b"s".to_vec(), 0o600, 5),
+        Entry::symlink("lib64", "usr/lib64", 5),
+    ]);
+    let split = split_layer(l).unwrap();
+    assert_eq!(split.other, ["lib64", "var", "var/lib", "var/lib/x", "var/lib/x/state"]);
+    let paths = |l: &Layer| l.entries().iter().map(|e| e.path.clone()).collect::<Vec<_>>();
+    assert_eq!(paths(&split.etc), ["etc", "etc/foo.conf"]);
+    assert_eq!(
+        paths(&split.usr_opt),
+        [
+            "opt",
+            "opt/b",
+            "usr",
+            "usr/bin",
+            "usr/bin/a",
+            "usr/lib",
+            "usr/lib/foo.conf",
+            "usr/share",
+            "usr/share/foo.conf"
+        ]
+    );
+    // The cross-part hard link now holds the data (with the inode's mode); its sibling links to it.
+    let holder = split.usr_opt.get("usr/lib/foo.conf").unwrap();
+    assert_eq!(
+        (&holder.kind, holder.mode),
+        (
+            &EntryKind::File {
+                data: b"shared".to_vec()
+            },
+            0o640
+        )
+    );
+    assert_eq!(
+        split.usr_opt.get("usr/share/foo.conf").unwrap().kind,
+        EntryKind::Hardlink {
+            target: "usr/lib/foo.conf".into()
+        }
+    );
+    assert!(matches!(
+        split.etc.get("etc/foo.conf").unwrap().kind,
+        EntryKind::File { .. }
+    ));
+}
+
+#[test]
+fn tree_keeps_links_xattrs_devices_and_reroots_filtered_links() {
+    let mut l = usr_layer(b"m").into_entries();
+    l.push(Entry::new(
+        "usr/dev/null",
+        EntryKind::CharDevice { major: 1, minor: 3 },
+        0o666,
+        0,
+    ));
+    let l = layer(l);
+    let tree = tree_from_layer(&l, |_| true).unwrap();
+    assert_eq!(tree.lookup("usr/share/marker"), tree.lookup("usr/share/marker2"));
+    assert_eq!(tree.get("usr/share/marker").unwrap().path_count(), 2);
+    let bin = tree.get("usr/bin/hello").unwrap();
+    assert_eq!(bin.metadata().xattrs["security.capability"], [1, 0, 0, 2]);
+    assert_eq!((bin.metadata().mode, bin.metadata().mtime), (0o755, 1_700_000_000));
+    assert_eq!(
+        tree.get("usr/dev/null").unwrap().kind(),
+        &Kind::CharDevice { major: 1, minor: 3 }
+    );
+    assert_eq!(tree.get("usr/bin/hi").unwrap().kind(), &Kind::Symlink("hello".into()));
+
+    let tree = tree_from_layer(&l, |p| p != "usr/share/marker" && !p.starts_with("opt")).unwrap();
+    assert!(tree.get("usr/share/marker").is_none() && tree.get("opt").is_none());
+    assert_eq!(
+        tree.get("usr/share/marker2").unwrap().kind(),
+        &Kind::File(b"m".to_vec())
+    );
+    // A kept child of a filtered directory gets its parent back.
+    let tree = tree_from_layer(&l, |p| p != "usr/bin").unwrap();
+    assert!(tree.get("usr/bin").is_some_and(|n| n.is_dir()) && tree.get("usr/bin/hello").is_some());
+}
+
+#[test]
+fn an_extension_with_nothing_under_usr_is_an_error_naming_it() {
+    let l = layer(vec![Entry::dir("usr/lib/empty", 0o755, 0)]);
+    let err = build_image(&l, &release(), "network", None, &ImageOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Empty { name, class: Class::Sysext } if name == "network"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "extension `network` has nothing under /usr and /opt: it would merge nothing"
+    );
+    let err = build_image(&Layer::default(), &release(), "sound", None, &ImageOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("`sound` has nothing"), "{err}");
+}
+
+#[test]
+fn paths_outside_the_class_names_and_release_conflicts_are_refused() {
+    let mut entries = usr_layer(b"m").into_entries();
+    entries.push(Entry::file("etc/x", b"x".to_vec(), 0o644, 0));
+    let err = build_image(&layer(entries), &release(), "net", None, &ImageOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, Error::OutsideExtension { paths, .. } if paths == &["etc", "etc/x"]),
+        "{err:?}"
+    );
+
+    for bad in ["", "a_b", "a+b", ".hidden", "-x", "a/b", "a b"] {
+        let err = build_image(&usr_layer(b"m"), &release(), bad, None, &ImageOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::InvalidName { .. }), "{bad:?}: {err:?}");
+    }
+
+    let mut entries = usr_layer(b"m").into_entries();
+    entries.push(Entry::file(
+        "usr/lib/extension-release.d/extension-release.net",
+        b"ID=x".to_vec(),
+        0o644,
+        0,
+    ));
+    let err = build_image(&layer(entries), &release(), "net", None, &ImageOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::ReleaseFileInLayer { .. }), "{err:?}");
+
+    let err = build_image(
+        &usr_layer(b"m"),
+        &ExtensionRelease {
+            version_id: None,
+            ..release()
+        },
+        "net",
+        None,
+        &ImageOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::InvalidRelease { .. }), "{err:?}");
+}
+
+#[test]
+fn builds_are_reproducible_and_follow_the_content() {
+    let opts = ImageOptions::default();
+    let a = build_image(&usr_layer(b"one"), &release(), "net", None, &opts).unwrap();
+    let b = build_image(&usr_layer(b"one"), &release(), "net", None, &opts).unwrap();
+    assert!(a.bytes == b.bytes, "two unsigned builds differ");
+    assert_eq!(a.root_hash, b.root_hash);
+    assert!(!a.layout.signed() && a.layout.partitions.len() == 2);
+    assert_eq!(a.bytes.len() as u64, a.layout.size);
+    let hex = a.root_hash.to_string();
+    assert_eq!(a.layout.partitions[0].uuid.simple().to_string(), hex[..32]);
+    assert_eq!(a.layout.partitions[1].uuid.simple().to_string(), hex[32..]);
+
+    let c = build_image(&usr_layer(b"two"), &release(), "net", None, &opts).unwrap();
+    assert_ne!(a.root_hash, c.root_hash);
+    assert_ne!(a.layout.disk_guid, c.layout.disk_guid);
+    // The extension name is in the image (the release file's name).
+    let d = build_image(&usr_layer(b"one"), &release(), "net2", None, &opts).unwrap();
+    assert_ne!(a.root_hash, d.root_hash);
+
+    let s1 = build_image(&usr_layer(b"one"), &release(), "net", Some(signer()), &opts).unwrap();
+    let s2 = build_image(&usr_layer(b"one"), &release(), "net", Some(signer()), &opts).unwrap();
+    assert!(s1.bytes == s2.bytes, "two signed builds differ");
+    assert!(s1.layout.signed());
+    assert_eq!(s1.root_hash, a.root_hash, "signing does not change the data partition");
+    // The signature partition holds the JSON naming the root hash.
+    let sig = &s1.layout.partitions[2];
+    let part = &s1.bytes[sig.offset as usize..(sig.offset + sig.size) as usize];
+    let json = std::str::from_utf8(&part[..part.iter().position(|&b| b == 0).unwrap()]).unwrap();
+    assert!(
+        json.starts_with(&format!(
+            "{{\"rootHash\":\"{}\",\"certificateFingerprint\":\"",
+            s1.root_hash
+        )),
+        "{json}"
+    );
+    let fingerprint = sign::certificate_fingerprint(signer().certificate()).unwrap();
+    assert!(json.contains(&fingerprint));
+}
+
+#[test]
+fn a_confext_carries_etc_and_its_release_under_etc() {
+    let l = layer(vec![Entry::file("etc/motd", b"hi".to_vec(), 0o644, 0)]);
+    let opts = ImageOptions {
+        class: Class::Confext,
+        ..ImageOptions::default()
+    };
+    let img = build_image(&l, &release(), "motd", None, &opts).unwrap();
+    assert_eq!(img.layout.partitions.len(), 2);
+    let err = build_image(&usr_layer(b"x"), &release(), "motd", None, &opts).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::OutsideExtension {
+                class: Class::Confext,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn fingerprint_hex_decodes() {
+    let hex: String = (0..32u8).map(|b| format!("{b:02x}")).collect();
+    assert_eq!(fingerprint_bytes(&hex), std::array::from_fn(|i| i as u8));
+}

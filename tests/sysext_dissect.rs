@@ -1,0 +1,197 @@
+//! Cross-check of our extension images with trixie's `systemd-dissect --validate` (systemd
+//! 257), run in a podman container: the host's systemd 252 predates the checks that matter.
+//!
+//! The container image is `docker.io/library/debian:trixie` (made locally by ci/setup.sh;
+//! nothing is pulled) plus `systemd-container`, built once and tagged with a digest of its
+//! Containerfile text. The image under test is mounted read-only; the container has no
+//! network.
+//!
+//! What `--validate` checks: the partition table, the image policy, and (with
+//! `--root-hash=`) that a data and verity partition carry that root hash's halves as UUIDs.
+//! It reads neither the file system blocks nor the signature: a flipped data byte or a bad
+//! signature is caught by dm-verity and the signature check when the image is activated (the
+//! qemu test) and by `veritysetup verify` / `openssl smime -verify`
+//! (crates/strata-format/tests/sysext_tools.rs).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest as _, Sha256};
+use strata_format::ddi::Arch;
+use strata_format::layer::{Entry, Layer};
+use strata_format::sign::{self, Signer};
+use strata_format::sysext::{self, ExtensionRelease, Image, ImageOptions};
+
+const BASE_IMAGE: &str = "docker.io/library/debian:trixie";
+
+const CONTAINERFILE: &str = "\
+FROM docker.io/library/debian:trixie
+RUN apt-get update \\
+ && apt-get install -y --no-install-recommends systemd-container \\
+ && rm -rf /var/lib/apt/lists/*
+";
+
+/// systemd's policy for extensions in the initrd's `/.extra/sysext/` (`image_policy_sysext_strict`).
+const STRICT: &str = "--image-policy=root=signed+absent:usr=signed+absent";
+
+fn podman_out(podman: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(podman).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("$ podman {}\n{text}", args.join(" "));
+    (out.status.success(), text)
+}
+
+/// The tag of the systemd-dissect image, built on first use. None (skipped) when podman or
+/// the base image is missing and tools are not required.
+fn dissect_image() -> Option<(PathBuf, String)> {
+    static TAG: OnceLock<Option<(PathBuf, String)>> = OnceLock::new();
+    TAG.get_or_init(|| {
+        let podman = support::podman()?;
+        let digest = Sha256::digest(CONTAINERFILE);
+        let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let tag = format!("localhost/strata-test-dissect:{tag}");
+        if podman_out(&podman, &["image", "exists", &tag]).0 {
+            return Some((podman, tag));
+        }
+        if !podman_out(&podman, &["image", "exists", BASE_IMAGE]).0 {
+            let msg = format!("base image {BASE_IMAGE} is missing (ci/setup.sh makes it: mmdebstrap + podman import)");
+            assert!(!support::tools_required(), "{msg}");
+            eprintln!("SKIP: {msg}");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Containerfile"), CONTAINERFILE).unwrap();
+        let context = dir.path().to_str().unwrap();
+        let (ok, out) = podman_out(
+            &podman,
+            &["build", "--pull=never", "--network=host", "-t", &tag, context],
+        );
+        assert!(ok, "building the systemd-dissect image failed:\n{out}");
+        Some((podman, tag))
+    })
+    .clone()
+}
+
+/// `systemd-dissect ARGS --validate /x.raw` on `image`: success and the output.
+fn validate(image: &Path, args: &[&str]) -> Option<(bool, String)> {
+    let (podman, tag) = dissect_image()?;
+    let volume = format!("{}:/x.raw:ro", image.display());
+    let run = [
+        "run",
+        "--rm",
+        "--pull=never",
+        "--network=none",
+        "-v",
+        &volume,
+        &tag,
+        "systemd-dissect",
+        "--no-pager",
+    ];
+    let tail = ["--validate", "/x.raw"];
+    Some(podman_out(&podman, &[&run[..], args, &tail[..]].concat()))
+}
+
+fn build(dir: &Path, signed: bool) -> (Image, PathBuf) {
+    let t = 1_700_000_000;
+    let layer = Layer::from_entries(vec![
+        Entry::file(
+            "usr/bin/strata-hello",
+            b"#!/bin/sh\necho strata-sysext-marker\n".to_vec(),
+            0o755,
+            t,
+        ),
+        Entry::file("usr/share/strata/data", vec![7u8; 100_000], 0o644, t),
+    ])
+    .unwrap();
+    let release = ExtensionRelease {
+        id: "debian".into(),
+        version_id: Some("13".into()),
+        sysext_level: None,
+        architecture: Arch::X86_64,
+        scope: vec!["initrd".into(), "system".into()],
+        extra: Vec::new(),
+    };
+    let signer = signed.then(|| {
+        let from = SystemTime::now() - Duration::from_secs(3600);
+        let pair = sign::generate_dev_key("strata dissect test", from, from + Duration::from_secs(86400)).unwrap();
+        Signer::from_pem(pair.key_pem.as_bytes(), pair.certificate_pem.as_bytes()).unwrap()
+    });
+    let image = sysext::build_image(&layer, &release, "hello", signer.as_ref(), &ImageOptions::default()).unwrap();
+    let path = dir.join(if signed {
+        "hello.sysext.raw"
+    } else {
+        "unsigned.sysext.raw"
+    });
+    std::fs::write(&path, &image.bytes).unwrap();
+    (image, path)
+}
+
+/// Another root hash: ours with its first digit changed.
+fn other_root_hash(image: &Image) -> String {
+    let hex = image.root_hash.to_string();
+    format!("{}{}", if hex.starts_with('0') { '1' } else { '0' }, &hex[1..])
+}
+
+#[test]
+fn signed_image_validates_under_the_strict_sysext_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, path) = build(dir.path(), true);
+    let Some((ok, out)) = validate(&path, &[]) else {
+        return;
+    };
+    assert!(
+        ok && out.contains("OK"),
+        "systemd-dissect --validate rejects our signed image:\n{out}"
+    );
+    let (ok, out) = validate(&path, &[STRICT]).unwrap();
+    assert!(
+        ok,
+        "the strict sysext policy (signed root) rejects our signed image:\n{out}"
+    );
+    let ours = format!("--root-hash={}", image.root_hash);
+    let (ok, out) = validate(&path, &[&ours, STRICT]).unwrap();
+    assert!(ok, "our root hash does not find our partitions:\n{out}");
+
+    // An image that is not the one the root hash names is refused.
+    let other = format!("--root-hash={}", other_root_hash(&image));
+    let (ok, out) = validate(&path, &[&other]).unwrap();
+    assert!(
+        !ok && out.contains("No root partition for specified root hash found"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unsigned_image_fails_the_strict_policy_and_validates_with_its_root_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, path) = build(dir.path(), false);
+    assert_eq!(image.layout.partitions.len(), 2);
+    let Some((ok, out)) = validate(&path, &[]) else {
+        return;
+    };
+    assert!(ok, "systemd-dissect --validate rejects our unsigned image:\n{out}");
+    let (ok, out) = validate(&path, &[STRICT]).unwrap();
+    assert!(
+        !ok && out.contains("does not match image policy"),
+        "unsigned image passes the strict policy:\n{out}"
+    );
+    let ours = format!("--root-hash={}", image.root_hash);
+    let (ok, out) = validate(&path, &[&ours, "--image-policy=root=verity+absent:usr=absent"]).unwrap();
+    assert!(
+        ok,
+        "the unsigned image is not verity-protected under its root hash:\n{out}"
+    );
+    let other = format!("--root-hash={}", other_root_hash(&image));
+    assert!(
+        !validate(&path, &[&other]).unwrap().0,
+        "another root hash finds our unsigned image"
+    );
+}
