@@ -100,8 +100,9 @@ enum Command {
         /// The directory to write the product file(s) to (a sysext as NAME.sysext.raw).
         #[arg(short, long)]
         output: PathBuf,
-        /// Check a sysext's verity signature against this certificate (PEM) before
-        /// installing it (not implemented yet).
+        /// Check a sysext against this certificate (PEM or DER) before installing it: the
+        /// PKCS#7 signature of its root hash, the partition UUIDs and the recomputed verity
+        /// tree. A failing image is not written.
         #[arg(long, value_name = "CRT")]
         cert: Option<PathBuf>,
         /// The cache directory whose store downloads pass through
