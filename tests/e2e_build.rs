@@ -462,3 +462,36 @@ fn interrupted_build_removes_its_container_and_stores_nothing() {
     assert_store_clean(&cache, "base");
     assert_no_build_containers();
 }
+
+#[test]
+fn skopeo_reads_the_layer_store_with_its_annotations() {
+    let _s = serial();
+    if !have_tools(&["podman", "skopeo"]) {
+        return;
+    }
+    let b = built();
+    let oci = b.cache.join("oci");
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(oci.join("index.json")).unwrap()).unwrap();
+    let base = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .find(|n| n.starts_with("strata.base."))
+        .expect("a base layer in the store")
+        .to_string();
+    let out = Command::new("skopeo").arg("inspect").arg(format!("oci:{}:{base}", oci.display())).output().unwrap();
+    assert!(out.status.success(), "skopeo inspect: {}", String::from_utf8_lossy(&out.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["Os"], "linux");
+    assert_eq!(info["Layers"].as_array().unwrap().len(), 1);
+    // skopeo 1.9 shows manifest annotations only in the raw manifest.
+    let raw = Command::new("skopeo").args(["inspect", "--raw"]).arg(format!("oci:{}:{base}", oci.display())).output().unwrap();
+    assert!(raw.status.success(), "skopeo inspect --raw: {}", String::from_utf8_lossy(&raw.stderr));
+    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let info = &manifest;
+    let labels = &manifest["annotations"];
+    assert_eq!(labels["org.opencontainers.image.version"], "13", "{info}");
+    assert_eq!(labels["org.opencontainers.image.source"], "http://deb.debian.org/debian", "{info}");
+    assert!(labels["org.opencontainers.image.created"].as_str().unwrap().ends_with('Z'), "{info}");
+}

@@ -62,6 +62,7 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
 
     let packages = set.base.packages.clone();
     let remove = set.base.remove.clone();
+    let (release, mirror) = (d.release.clone(), d.mirror.clone());
     let store = ctx.store.clone();
     let name = name.to_string();
     let key = key.clone();
@@ -70,12 +71,17 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
             .context("reading the build root from the container")?;
         let (layer, versions) = finalize(layer, &packages, &remove, epoch)?;
         let blob = oci::put_layer_blob(&store, &layer)?;
-        let annotations = HashMap::from([
+        let version = match layer.get("usr/lib/os-release").map(|e| &e.kind) {
+            Some(EntryKind::File { data }) => debian::os_release_field(&String::from_utf8_lossy(data), "VERSION_ID"),
+            _ => None,
+        }
+        .unwrap_or(release);
+        let mut annotations = HashMap::from([
             (oci::ANN_KEY.to_string(), key.to_string()),
             (oci::ANN_EPOCH.to_string(), epoch.to_string()),
-            ("org.opencontainers.image.created".to_string(), oci::rfc3339(epoch)),
             ("io.strata.packages".to_string(), versions.join(" ")),
         ]);
+        annotations.extend(oci::standard_annotations(epoch, &version, &mirror));
         oci::put_image(&store, &name, &blob, epoch, annotations)?;
         info!(entries = layer.entries().len(), bytes = layer.data_size(), layer = %blob.digest, "base layer stored");
         Ok(())

@@ -83,19 +83,22 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
     let store = ctx.store.clone();
     let name = name.to_string();
     let key = key.clone();
+    let mirror = d.mirror.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
         let mut layer = Layer::read_tar(fetched.modules_tar.as_slice(), &ReadOptions { strip_prefix: Some("out".into()) })
             .context("reading the modules tree from the container")?;
         layer.clamp_mtimes(fetched.epoch);
         let blob = oci::put_layer_blob(&store, &layer)?;
         let image = store.put_blob(&fetched.vmlinuz)?;
-        let annotations = HashMap::from([
+        let mut annotations = HashMap::from([
             (oci::ANN_KEY.to_string(), key.to_string()),
             (oci::ANN_EPOCH.to_string(), fetched.epoch.to_string()),
             (oci::ANN_KERNEL_VERSION.to_string(), fetched.version.clone()),
             ("io.strata.kernel.package".to_string(), fetched.package.clone()),
-            ("org.opencontainers.image.created".to_string(), oci::rfc3339(fetched.epoch)),
         ]);
+        // `name=version` of the kernel package: the version is what was packaged.
+        let package_version = fetched.package.split_once('=').map_or(fetched.version.as_str(), |(_, v)| v);
+        annotations.extend(oci::standard_annotations(fetched.epoch, package_version, &mirror));
         oci::put_artifact(
             &store,
             &name,

@@ -69,6 +69,17 @@ fn descriptor(media_type: MediaType, digest: &Digest, size: u64) -> Result<oci_s
     Ok(DescriptorBuilder::default().media_type(media_type).digest(oci_digest(digest)).size(size).build()?)
 }
 
+/// The OCI annotations every layer manifest carries: `created` (from the layer's epoch),
+/// `version` (what was packaged: the distribution's or the kernel's version) and `source`
+/// (where the packages came from: the mirror).
+pub fn standard_annotations(epoch: u64, version: &str, source: &str) -> [(String, String); 3] {
+    [
+        ("org.opencontainers.image.created".to_string(), rfc3339(epoch)),
+        ("org.opencontainers.image.version".to_string(), version.to_string()),
+        ("org.opencontainers.image.source".to_string(), source.to_string()),
+    ]
+}
+
 /// RFC 3339 UTC time of an epoch second.
 pub fn rfc3339(epoch: u64) -> String {
     let days = (epoch / 86_400) as i64;
