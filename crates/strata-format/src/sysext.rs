@@ -10,6 +10,11 @@
 //!    dm-verity hash tree (salt and superblock UUID derived from the squashfs bytes), signs
 //!    the root hash if given a [`Signer`], and writes the GPT image with [`crate::ddi`].
 //!
+//! Another file system (erofs from an external `mkfs.erofs`) takes the same steps in two
+//! halves: [`filesystem_layer`] makes the checks and gives the layer part plus its
+//! extension-release file, the caller makes the file system of it, and
+//! [`image_from_filesystem`] does the rest (verity, signature, GPT).
+//!
 //! The image name systemd derives from the file name (`NAME.sysext.raw` → `NAME`, cut at
 //! the first `_` or `+`, systemd 257 `path_extract_image_name()`) must equal the
 //! `extension-release.NAME` suffix, so [`build_image`] accepts only names without those.
@@ -19,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::ddi::{self, Partition};
+use crate::ddi::{self, Arch, Partition};
 use crate::layer::{self, Entry, EntryKind, Layer};
 use crate::sign::{self, Signer};
 use crate::squashfs;
@@ -378,6 +383,9 @@ pub struct Image {
 ///
 /// The same input gives the same bytes: the verity salt and superblock UUID are derived
 /// from the squashfs image, everything else from the root hash.
+///
+/// For another file system, make it from [`filesystem_layer`] and pass it to
+/// [`image_from_filesystem`], the two halves of this function.
 pub fn build_image(
     layer_part: &Layer,
     release: &ExtensionRelease,
@@ -385,7 +393,57 @@ pub fn build_image(
     signer: Option<&Signer>,
     opts: &ImageOptions,
 ) -> Result<Image, Error> {
-    let class = opts.class;
+    let release_path = check_extension(layer_part, release, name, opts.class)?;
+    // The tree straight from the layer part, not from `filesystem_layer` (same content, one
+    // copy of the file data less).
+    let mut tree = tree_from_layer(layer_part, |_| true)?;
+    let mtime = u64::from(opts.squashfs.mtime);
+    tree.metadata_mut(tree::NodeId::ROOT).mtime = mtime;
+    add_parents(&mut tree, &release_path, mtime)?;
+    tree.insert(
+        &release_path,
+        Kind::File(release.render_as(opts.class).into_bytes()),
+        Metadata {
+            mtime,
+            ..Metadata::with_mode(RELEASE_FILE_MODE)
+        },
+    )?;
+    let squashfs = squashfs::to_bytes(&tree, &opts.squashfs)?;
+    drop(tree);
+    image_from_filesystem(squashfs, release.architecture, signer)
+}
+
+/// Mode of the extension-release file.
+const RELEASE_FILE_MODE: u32 = 0o644;
+
+/// What goes into the file system of extension `name`: the layer part plus its
+/// `extension-release.NAME` file (0644, root, time `opts.squashfs.mtime`, as are the
+/// directories made for it), after the checks [`build_image`] makes.
+///
+/// This is the input for a file system [`build_image`] does not write itself (erofs by an
+/// external `mkfs.erofs`, fed with [`Layer::write_tar`]); its image then goes to
+/// [`image_from_filesystem`]. A layer has no entry for the root directory: [`build_image`]
+/// gives it time `opts.squashfs.mtime`, which another writer should do too (mkfs.erofs with
+/// `SOURCE_DATE_EPOCH` set to it clamps every time there, the fresh root directory's too).
+pub fn filesystem_layer(
+    layer_part: &Layer,
+    release: &ExtensionRelease,
+    name: &str,
+    opts: &ImageOptions,
+) -> Result<Layer, Error> {
+    let release_path = check_extension(layer_part, release, name, opts.class)?;
+    let text = release.render_as(opts.class).into_bytes();
+    let mtime = u64::from(opts.squashfs.mtime);
+    let mut entries = layer_part.entries().to_vec();
+    entries.push(Entry::file(&release_path, text, RELEASE_FILE_MODE, mtime));
+    // Adds the release file's missing parents (0755, root, its time), like `add_parents`.
+    Ok(Layer::from_entries(entries)?)
+}
+
+/// Check what [`build_image`] and [`filesystem_layer`] are given: a valid name and release
+/// data, only paths the class merges, at least one non-directory, no release file of its
+/// own. Returns where the extension-release file goes.
+fn check_extension(layer_part: &Layer, release: &ExtensionRelease, name: &str, class: Class) -> Result<String, Error> {
     check_name(name)?;
     release.validate()?;
     let outside: Vec<String> = layer_part
@@ -414,41 +472,23 @@ pub fn build_image(
             path: release_path,
         });
     }
+    Ok(release_path)
+}
 
-    let mut tree = tree_from_layer(layer_part, |_| true)?;
-    let mtime = u64::from(opts.squashfs.mtime);
-    tree.metadata_mut(tree::NodeId::ROOT).mtime = mtime;
-    add_parents(&mut tree, &release_path, mtime)?;
-    let text = release.render_as(class).into_bytes();
-    tree.insert(
-        &release_path,
-        Kind::File(text),
-        Metadata {
-            mtime,
-            ..Metadata::with_mode(0o644)
-        },
-    )?;
-    let squashfs = squashfs::to_bytes(&tree, &opts.squashfs)?;
-    drop(tree);
-
-    let digest = Sha256::digest(&squashfs);
-    let derive = |purpose: &str| {
-        Sha256::new()
-            .chain_update(purpose)
-            .chain_update([0])
-            .chain_update(digest)
-            .finalize()
-    };
-    let uuid_bytes: [u8; 16] = derive("strata verity uuid")[..16].try_into().expect("16 bytes");
-    let params = Params::new(
-        derive("strata verity salt").to_vec(),
-        uuid::Builder::from_random_bytes(uuid_bytes).into_uuid(),
-    );
-    let hash_tree = verity::hash_tree(&squashfs[..], squashfs.len() as u64, &params)?;
+/// The DDI of a finished file system image (squashfs, erofs, …): zero-padded to whole
+/// verity blocks, its dm-verity hash tree (salt and superblock UUID derived from the padded
+/// image), the signature of the hex root hash if `signer` is given (else no signature
+/// partition), GPT with the root partition types of `arch`.
+///
+/// The same file system image gives the same bytes.
+pub fn image_from_filesystem(mut filesystem: Vec<u8>, arch: Arch, signer: Option<&Signer>) -> Result<Image, Error> {
+    let padded = filesystem.len().next_multiple_of(verity::BLOCK_SIZE as usize);
+    filesystem.resize(padded, 0);
+    let data = &filesystem[..];
+    let params = verity_params(data);
+    let hash_tree = verity::hash_tree(data, data.len() as u64, &params)?;
     let root_hash = hash_tree.root_hash;
-
-    let arch = release.architecture;
-    let data_size = squashfs.len() as u64;
+    let data_size = data.len() as u64;
     let mut bytes = Vec::new();
     let (disk_guid, size, partitions) = match signer {
         Some(signer) => {
@@ -457,7 +497,7 @@ pub fn build_image(
             let json = ddi::signature_json(&root_hash, &fingerprint, &signature);
             let input = ddi::Input {
                 arch,
-                data: &squashfs[..],
+                data,
                 data_size,
                 hash_tree: &hash_tree.hash_device,
                 root_hash,
@@ -467,14 +507,7 @@ pub fn build_image(
             (l.disk_guid, l.size, l.partitions.to_vec())
         }
         None => {
-            let l = ddi::write_unsigned(
-                arch,
-                &squashfs[..],
-                data_size,
-                &hash_tree.hash_device,
-                root_hash,
-                &mut bytes,
-            )?;
+            let l = ddi::write_unsigned(arch, data, data_size, &hash_tree.hash_device, root_hash, &mut bytes)?;
             (l.disk_guid, l.size, l.partitions.to_vec())
         }
     };
@@ -489,13 +522,33 @@ pub fn build_image(
     })
 }
 
+/// Verity salt and superblock UUID derived from the file system image, so that the same
+/// image gets the same hash tree.
+fn verity_params(filesystem: &[u8]) -> Params {
+    let digest = Sha256::digest(filesystem);
+    let derive = |purpose: &str| {
+        Sha256::new()
+            .chain_update(purpose)
+            .chain_update([0])
+            .chain_update(digest)
+            .finalize()
+    };
+    let uuid_bytes: [u8; 16] = derive("strata verity uuid")[..16].try_into().expect("16 bytes");
+    Params::new(
+        derive("strata verity salt").to_vec(),
+        uuid::Builder::from_random_bytes(uuid_bytes).into_uuid(),
+    )
+}
+
 /// The 32 bytes of a lowercase-hex SHA-256 fingerprint.
 fn fingerprint_bytes(hex: &str) -> [u8; 32] {
     let nibble = |c: u8| (c as char).to_digit(16).expect("certificate_fingerprint gives hex") as u8;
     std::array::from_fn(|i| nibble(hex.as_bytes()[2 * i]) << 4 | nibble(hex.as_bytes()[2 * i + 1]))
 }
 
-fn check_name(name: &str) -> Result<(), Error> {
+/// Whether `name` can be an extension's name: its file name stem and its
+/// `extension-release.NAME` suffix at once.
+pub fn check_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= 200
         && !name.starts_with(['.', '-'])

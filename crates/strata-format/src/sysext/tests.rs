@@ -367,3 +367,167 @@ fn fingerprint_hex_decodes() {
     let hex: String = (0..32u8).map(|b| format!("{b:02x}")).collect();
     assert_eq!(fingerprint_bytes(&hex), std::array::from_fn(|i| i as u8));
 }
+
+/// SHA-256 of unsigned images made by `build_image` before it was split into
+/// `filesystem_layer` and `image_from_filesystem`: the split must not change a byte.
+#[test]
+fn unsigned_images_known_answer() {
+    let digest = |img: Image| hex::encode(Sha256::digest(&img.bytes));
+    let at = |mtime| ImageOptions {
+        squashfs: squashfs::Options {
+            mtime,
+            ..squashfs::Options::default()
+        },
+        ..ImageOptions::default()
+    };
+    let sysext = build_image(&usr_layer(b"one"), &release(), "net", None, &at(0)).unwrap();
+    assert_eq!(
+        digest(sysext),
+        "deba05ed59aba195371d7ec6427e3bf0c6c8e2caecc108f69116bf0c7bee06a5"
+    );
+    let later = build_image(&usr_layer(b"one"), &release(), "net", None, &at(1_700_000_123)).unwrap();
+    assert_eq!(
+        digest(later),
+        "77831e5b4001d4505c1e6e925e728b63cc1eccca13f828eda5a510ce578f5c71"
+    );
+    let l = layer(vec![Entry::file("etc/motd", b"hi".to_vec(), 0o644, 0)]);
+    let opts = ImageOptions {
+        class: Class::Confext,
+        ..at(1_700_000_123)
+    };
+    let confext = build_image(&l, &release(), "motd", None, &opts).unwrap();
+    assert_eq!(
+        digest(confext),
+        "bba45a121159e7475a41048bac47fbe8d4d3b3784d4c7173ba4cb38a5b8c4f47"
+    );
+}
+
+#[test]
+fn build_image_equals_its_two_halves() {
+    let confext = layer(vec![Entry::file("etc/motd", b"hi".to_vec(), 0o600, 7)]);
+    let cases = [
+        (usr_layer(b"one"), Class::Sysext, 0),
+        (usr_layer(b"one"), Class::Sysext, 1_700_000_123),
+        (confext, Class::Confext, 1_700_000_123),
+    ];
+    for (part, class, mtime) in cases {
+        let opts = ImageOptions {
+            class,
+            squashfs: squashfs::Options {
+                mtime,
+                ..squashfs::Options::default()
+            },
+        };
+        let fs = filesystem_layer(&part, &release(), "net", &opts).unwrap();
+        let mut tree = tree_from_layer(&fs, |_| true).unwrap();
+        tree.metadata_mut(tree::NodeId::ROOT).mtime = u64::from(mtime);
+        let squashfs = squashfs::to_bytes(&tree, &opts.squashfs).unwrap();
+        for signer in [None, Some(signer())] {
+            let whole = build_image(&part, &release(), "net", signer, &opts).unwrap();
+            let halves = image_from_filesystem(squashfs.clone(), Arch::X86_64, signer).unwrap();
+            assert!(
+                whole == halves,
+                "{class:?} at {mtime}, signed {}: the halves give other bytes",
+                signer.is_some()
+            );
+        }
+    }
+}
+
+#[test]
+fn filesystem_layer_adds_the_release_file_and_its_directories() {
+    let opts = ImageOptions {
+        squashfs: squashfs::Options {
+            mtime: 1_700_000_123,
+            ..squashfs::Options::default()
+        },
+        ..ImageOptions::default()
+    };
+    let part = usr_layer(b"one");
+    let fs = filesystem_layer(&part, &release(), "net", &opts).unwrap();
+    let release_file = fs.get("usr/lib/extension-release.d/extension-release.net").unwrap();
+    assert_eq!(
+        release_file,
+        &Entry::file(
+            "usr/lib/extension-release.d/extension-release.net",
+            release().render(),
+            0o644,
+            1_700_000_123
+        )
+    );
+    for dir in ["usr/lib", "usr/lib/extension-release.d"] {
+        assert_eq!(fs.get(dir).unwrap(), &Entry::dir(dir, 0o755, 1_700_000_123));
+    }
+    // Everything else is the layer part, unchanged.
+    let added = ["usr/lib", "usr/lib/extension-release.d", release_file.path.as_str()];
+    let rest: Vec<&Entry> = fs
+        .entries()
+        .iter()
+        .filter(|e| !added.contains(&e.path.as_str()))
+        .collect();
+    assert_eq!(rest, part.entries().iter().collect::<Vec<_>>());
+
+    let confext = layer(vec![Entry::file("etc/motd", b"hi".to_vec(), 0o644, 0)]);
+    let opts = ImageOptions {
+        class: Class::Confext,
+        ..opts
+    };
+    let fs = filesystem_layer(&confext, &release(), "motd", &opts).unwrap();
+    let file = fs.get("etc/extension-release.d/extension-release.motd").unwrap();
+    assert_eq!(
+        file.kind,
+        EntryKind::File {
+            data: release().render_confext().into_bytes()
+        }
+    );
+}
+
+#[test]
+fn filesystem_layer_refuses_what_build_image_refuses() {
+    let with = |path: &str| {
+        let mut entries = usr_layer(b"m").into_entries();
+        entries.push(Entry::file(path, b"x".to_vec(), 0o644, 0));
+        layer(entries)
+    };
+    let no_version = ExtensionRelease {
+        version_id: None,
+        ..release()
+    };
+    let cases: [(Layer, ExtensionRelease, &str); 5] = [
+        (layer(vec![Entry::dir("usr/lib/empty", 0o755, 0)]), release(), "net"),
+        (with("etc/x"), release(), "net"),
+        (usr_layer(b"m"), release(), "a_b"),
+        (
+            with("usr/lib/extension-release.d/extension-release.net"),
+            release(),
+            "net",
+        ),
+        (usr_layer(b"m"), no_version, "net"),
+    ];
+    let opts = ImageOptions::default();
+    for (part, r, name) in cases {
+        let split = filesystem_layer(&part, &r, name, &opts).unwrap_err();
+        let whole = build_image(&part, &r, name, None, &opts).unwrap_err();
+        assert_eq!(split.to_string(), whole.to_string());
+        assert_eq!(
+            std::mem::discriminant(&split),
+            std::mem::discriminant(&whole),
+            "{split:?}"
+        );
+    }
+}
+
+#[test]
+fn image_from_filesystem_pads_to_whole_verity_blocks() {
+    let filesystem: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let img = image_from_filesystem(filesystem.clone(), Arch::Arm64, None).unwrap();
+    let data = &img.layout.partitions[0];
+    assert_eq!(data.size, 8192);
+    assert_eq!(data.type_uuid, Arch::Arm64.partition_types().root);
+    let start = data.offset as usize;
+    assert_eq!(&img.bytes[start..start + 5000], &filesystem[..]);
+    assert!(img.bytes[start + 5000..start + 8192].iter().all(|&b| b == 0));
+    let mut padded = filesystem;
+    padded.resize(8192, 0);
+    assert!(image_from_filesystem(padded, Arch::Arm64, None).unwrap() == img);
+}
