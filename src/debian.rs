@@ -124,25 +124,7 @@ pub struct Pruned {
 /// file lists in `var/lib/dpkg/info/`. Directories are removed only when no kept package
 /// lists them and nothing is left in them.
 pub fn prune(layer: &mut Layer, installed: &[Package], keep: &BTreeSet<String>) -> Pruned {
-    let list_of = |p: &Package| -> Vec<String> {
-        let candidates = [
-            format!("var/lib/dpkg/info/{}.list", p.name),
-            format!("var/lib/dpkg/info/{}:{}.list", p.name, p.architecture),
-        ];
-        candidates
-            .iter()
-            .find_map(|c| match layer.get(c).map(|e| &e.kind) {
-                Some(EntryKind::File { data }) => Some(
-                    String::from_utf8_lossy(data)
-                        .lines()
-                        .map(|l| l.trim_start_matches('/').to_string())
-                        .filter(|l| !l.is_empty() && *l != ".")
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .unwrap_or_default()
-    };
+    let list_of = |p: &Package| file_list(layer, p);
     let mut kept_paths: BTreeSet<String> = BTreeSet::new();
     let mut drop_paths: BTreeSet<String> = BTreeSet::new();
     let mut pruned = Pruned::default();
@@ -154,19 +136,9 @@ pub fn prune(layer: &mut Layer, installed: &[Package], keep: &BTreeSet<String>) 
             drop_paths.extend(list_of(p));
         }
     }
-    // dpkg lists paths as packaged (/bin/sh), the layer holds them as installed; with a
-    // merged /usr both name the same file, and the /usr form is what the layer has.
-    let canonical = |path: &str| -> String {
-        for top in ["bin/", "sbin/", "lib/", "lib64/"] {
-            if let Some(rest) = path.strip_prefix(top) {
-                return format!("usr/{top}{rest}");
-            }
-        }
-        path.to_string()
-    };
-    let kept_paths: BTreeSet<String> = kept_paths.iter().map(|p| canonical(p)).collect();
+    let kept_paths: BTreeSet<String> = kept_paths.iter().map(|p| canonical_path(p)).collect();
     let drop: BTreeSet<String> =
-        drop_paths.iter().map(|p| canonical(p)).filter(|p| !kept_paths.contains(p)).collect();
+        drop_paths.iter().map(|p| canonical_path(p)).filter(|p| !kept_paths.contains(p)).collect();
     // Files first; then directories that became empty, deepest first.
     let removed = layer.remove_where(|e| !matches!(e.kind, EntryKind::Dir) && drop.contains(&e.path));
     pruned.paths += removed.len();
@@ -180,6 +152,48 @@ pub fn prune(layer: &mut Layer, installed: &[Package], keep: &BTreeSet<String>) 
         }
     }
     pruned
+}
+
+/// The paths dpkg lists for `p` (from `var/lib/dpkg/info/`), relative, as packaged.
+fn file_list(layer: &Layer, p: &Package) -> Vec<String> {
+    let candidates =
+        [format!("var/lib/dpkg/info/{}.list", p.name), format!("var/lib/dpkg/info/{}:{}.list", p.name, p.architecture)];
+    candidates
+        .iter()
+        .find_map(|c| match layer.get(c).map(|e| &e.kind) {
+            Some(EntryKind::File { data }) => Some(
+                String::from_utf8_lossy(data)
+                    .lines()
+                    .map(|l| l.trim_start_matches('/').to_string())
+                    .filter(|l| !l.is_empty() && *l != ".")
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// dpkg lists paths as packaged (`/bin/sh`), the layer holds them as installed; with a
+/// merged /usr both name the same file, and the /usr form is what the layer has.
+fn canonical_path(path: &str) -> String {
+    for top in ["bin/", "sbin/", "lib/", "lib64/"] {
+        if let Some(rest) = path.strip_prefix(top) {
+            return format!("usr/{top}{rest}");
+        }
+    }
+    path.to_string()
+}
+
+/// Which installed packages list each path (as the layer holds it), from the dpkg database
+/// in `layer`.
+pub fn owners(layer: &Layer, installed: &[Package]) -> HashMap<String, Vec<String>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for p in installed {
+        for path in file_list(layer, p) {
+            out.entry(canonical_path(&path)).or_default().push(p.name.clone());
+        }
+    }
+    out
 }
 
 /// The `Date:` of a Release/InRelease file as seconds since the epoch.

@@ -21,4 +21,5 @@ pub mod pull;
 pub mod push;
 pub mod registry;
 pub mod store;
+pub mod sysext;
 pub mod vm;

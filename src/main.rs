@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
-/// Build Linux initrds (and, later, system extensions) from distribution packages,
+/// Build Linux initrds and signed system extensions from distribution packages,
 /// reproducibly, in rootless podman containers.
 #[derive(Parser, Debug)]
 #[command(name = "strata", version, about, long_about = None)]
@@ -27,8 +27,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Build a layer set: base layer, kernel + modules layer, then the initrd and kernel
-    /// products and products.json in the output directory.
+    /// Build a layer set: base layer, kernel + modules layer and extension layers, then the
+    /// kernel, the initrd, one NAME.sysext.raw per extension and products.json in the
+    /// output directory.
     Build {
         /// The layer set directory (holding base.toml).
         #[arg(default_value = "layers/debian-trixie")]
@@ -53,6 +54,20 @@ enum Command {
         /// Talk plain HTTP to the --cache-from/--cache-to registries (loopback always is).
         #[arg(long)]
         insecure: bool,
+        /// PEM private key (RSA) that signs the extension images' verity root hashes
+        /// (e.g. from `strata keygen`). Never put into any layer or product.
+        #[arg(long, requires = "cert", value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// PEM certificate of --key: the initrd gets it in /etc/verity.d/ and merges only
+        /// extensions signed by that key.
+        #[arg(long, requires = "key", value_name = "FILE")]
+        cert: Option<PathBuf>,
+        /// Build only this extension of the layer set (repeatable); default: all of them.
+        #[arg(long = "extension", value_name = "NAME", conflicts_with = "no_extensions")]
+        extensions: Vec<String>,
+        /// Build no extension, only the kernel and the initrd.
+        #[arg(long)]
+        no_extensions: bool,
     },
     /// Write a directory tree as one compressed cpio (newc) initrd member, the way `build`
     /// flattens a layer: sorted, inodes renumbered, hard links kept, 4-byte aligned.
@@ -189,7 +204,19 @@ fn init_logging(verbose: u8, json: bool) -> Option<indicatif::ProgressBar> {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Build { layer_set, output, cache_dir, rebuild, cache_from, cache_to, insecure } => {
+        Command::Build {
+            layer_set,
+            output,
+            cache_dir,
+            rebuild,
+            cache_from,
+            cache_to,
+            insecure,
+            key,
+            cert,
+            extensions,
+            no_extensions,
+        } => {
             let cache_dir = match cache_dir {
                 Some(d) => d,
                 None => default_cache_dir()?,
@@ -204,6 +231,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     from: cache_from,
                     to: cache_to,
                     client: registry_client(insecure),
+                },
+                signing: key.zip(cert),
+                extensions: match (no_extensions, extensions.is_empty()) {
+                    (true, _) => Some(vec![]),
+                    (false, true) => None,
+                    (false, false) => Some(extensions),
                 },
             };
             let (_report, products) = strata::build::run(&opts).await?;

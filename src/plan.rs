@@ -8,11 +8,11 @@
 
 use serde::Serialize;
 
-use crate::config::{Base, Distribution, Kernel, LayerSet};
+use crate::config::{Base, Distribution, Extension, Kernel, LayerSet};
 use crate::digest::{Digest, canonical_json};
 
 /// Bumped whenever strata changes how a layer's bytes are made from the same inputs.
-pub const LAYER_FORMAT: u32 = 1;
+pub const LAYER_FORMAT: u32 = 2;
 
 /// strata's version, part of every key.
 pub const STRATA_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -57,6 +57,32 @@ pub fn base_key(set: &LayerSet, builder: &str, epoch: Option<u64>) -> Digest {
 pub fn kernel_key(set: &LayerSet, builder: &str, epoch: Option<u64>) -> Digest {
     let k: &Kernel = &set.kernel;
     key("kernel", set, builder, epoch, k)
+}
+
+#[derive(Serialize)]
+struct ExtensionKey<'a> {
+    /// The base layer's blob: the extension is the diff against exactly these bytes.
+    parent: &'a Digest,
+    base_packages: &'a [String],
+    base_remove: &'a [String],
+    packages: &'a [String],
+    remove: &'a [String],
+    files: &'a [crate::config::ExtraFile],
+}
+
+/// An extension layer's key: what decides its content (packages, removals, extra files), the
+/// base layer it is a diff against, and the base settings its build root is installed with.
+/// The image options (`confext`, `scope`) decide products, not the layer, and are not in it.
+pub fn extension_key(set: &LayerSet, builder: &str, epoch: Option<u64>, parent: &Digest, x: &Extension) -> Digest {
+    let input = ExtensionKey {
+        parent,
+        base_packages: &set.base.packages,
+        base_remove: &set.base.remove,
+        packages: &x.packages,
+        remove: &x.remove,
+        files: &x.files,
+    };
+    key("extension", set, builder, epoch, &input)
 }
 
 /// Store reference of a built layer.

@@ -4,7 +4,9 @@
 //! {"layer_set": "debian-trixie", "strata_version": "0.1.0",
 //!  "products": [{"kind": "kernel", "file": "vmlinuz", "sha256": "…", "size": 1, "version": "6.12.…"},
 //!               {"kind": "initrd", "file": "initrd.cpio.zst", "sha256": "…", "size": 1,
-//!                "compression": "zstd:19", "members": ["sha256:…"]}]}
+//!                "compression": "zstd:19", "members": ["sha256:…"]},
+//!               {"kind": "sysext", "file": "network.sysext.raw", "sha256": "…", "size": 1,
+//!                "root_hash": "…", "signed": true, "left_out": ["etc/ssh/sshd_config"]}]}
 //! ```
 //! `file` is relative to the output directory. Fields are only ever added. `layers` lists the
 //! layers the products were made from: `[{"kind": "base", "key": "sha256:…", "manifest":
@@ -60,7 +62,7 @@ impl LayerRecord {
 /// One product.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
-    /// `kernel`, `initrd` (later `sysext`, `uki`).
+    /// `kernel`, `initrd`, `sysext`, `confext`.
     pub kind: String,
     pub file: String,
     /// Hex sha256 of the file.
@@ -75,6 +77,16 @@ pub struct Product {
     /// Digests of the cpio members, in order, for initrds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
+    /// The dm-verity root hash (hex), for sysexts and confexts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_hash: Option<String>,
+    /// Whether the image carries a signature of its root hash, for sysexts and confexts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<bool>,
+    /// Paths of the layer the image does not carry (outside the directories its class
+    /// merges), for sysexts and confexts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
 }
 
 impl Product {
@@ -88,6 +100,9 @@ impl Product {
             version: Some(version.into()),
             compression: None,
             members: vec![],
+            root_hash: None,
+            signed: None,
+            left_out: vec![],
         }
     }
 
@@ -101,6 +116,9 @@ impl Product {
             version: None,
             compression: Some(compression.to_string()),
             members,
+            root_hash: None,
+            signed: None,
+            left_out: vec![],
         }
     }
 }

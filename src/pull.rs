@@ -25,7 +25,7 @@ use anyhow::{Context as _, Result, bail};
 use sha2::Digest as _;
 
 use crate::digest::Digest;
-use crate::push::{self, ANN_TITLE, PRODUCT_TYPES, ProductType, SYSEXT_SUFFIX};
+use crate::push::{self, ANN_TITLE, PRODUCT_TYPES, ProductType};
 use crate::registry::{Client, ClientOptions, FetchedManifest, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Reference};
 use crate::store::{Descriptor, Store};
 use strata_format::ddi_verify;
@@ -153,8 +153,10 @@ fn check_file_name(name: &str, ptype: ProductType) -> Result<()> {
             name.escape_debug()
         );
     }
-    if ptype.kind == "sysext" && name.strip_suffix(SYSEXT_SUFFIX).is_none_or(str::is_empty) {
-        bail!("the sysext file name `{name}` does not end in {SYSEXT_SUFFIX}");
+    if let Some(suffix) = crate::push::extension_suffix(ptype.kind)
+        && name.strip_suffix(suffix).is_none_or(str::is_empty)
+    {
+        bail!("the {} file name `{name}` does not end in {suffix}", ptype.kind);
     }
     Ok(())
 }
@@ -212,9 +214,9 @@ pub async fn run(opts: &Options) -> Result<Vec<Pulled>> {
         }
         plans.push(plan);
     }
-    if let (Some(path), Some(plan)) = (&opts.cert, plans.iter().find(|p| p.ptype.kind != "sysext")) {
+    if let (Some(path), Some(plan)) = (&opts.cert, plans.iter().find(|p| crate::push::extension_suffix(p.ptype.kind).is_none())) {
         bail!(
-            "--cert {}: only a sysext carries a verity signature to check, and {reference} holds the {} `{}`; \
+            "--cert {}: only a sysext or confext carries a verity signature to check, and {reference} holds the {} `{}`; \
              pull it without --cert",
             path.display(),
             plan.ptype.kind,

@@ -41,6 +41,10 @@ pub const SYSEXT_ARTIFACT: &str = "application/vnd.strata.sysext.v1";
 pub const SYSEXT_IMAGE: &str = "application/vnd.efi.img";
 /// A sysext's file name ends with this.
 pub const SYSEXT_SUFFIX: &str = ".sysext.raw";
+/// `artifactType` of a confext product.
+pub const CONFEXT_ARTIFACT: &str = "application/vnd.strata.confext.v1";
+/// A confext's file name ends with this.
+pub const CONFEXT_SUFFIX: &str = ".confext.raw";
 
 /// The file name of a product.
 pub const ANN_TITLE: &str = "org.opencontainers.image.title";
@@ -65,7 +69,7 @@ pub struct ProductType {
 }
 
 /// Every product kind strata pushes and pulls.
-pub const PRODUCT_TYPES: [ProductType; 3] = [
+pub const PRODUCT_TYPES: [ProductType; 4] = [
     ProductType {
         kind: "initrd",
         artifact_type: INITRD_ARTIFACT,
@@ -81,7 +85,21 @@ pub const PRODUCT_TYPES: [ProductType; 3] = [
         artifact_type: SYSEXT_ARTIFACT,
         media_type: SYSEXT_IMAGE,
     },
+    ProductType {
+        kind: "confext",
+        artifact_type: CONFEXT_ARTIFACT,
+        media_type: SYSEXT_IMAGE,
+    },
 ];
+
+/// The file name suffix of an extension product kind (`sysext`, `confext`).
+pub fn extension_suffix(kind: &str) -> Option<&'static str> {
+    match kind {
+        "sysext" => Some(SYSEXT_SUFFIX),
+        "confext" => Some(CONFEXT_SUFFIX),
+        _ => None,
+    }
+}
 
 /// The type of a product kind.
 pub fn product_type(kind: &str) -> Option<ProductType> {
@@ -95,16 +113,16 @@ pub fn product_type_of_artifact(artifact_type: &str) -> Option<ProductType> {
 
 /// The tag a product is pushed under, next to `tag` (the index).
 pub fn product_tag(tag: &str, product: &Product) -> Result<String> {
-    let t = match product.kind.as_str() {
-        "sysext" => {
+    let t = match extension_suffix(&product.kind) {
+        Some(suffix) => {
             let name = product
                 .file
-                .strip_suffix(SYSEXT_SUFFIX)
+                .strip_suffix(suffix)
                 .filter(|n| !n.is_empty())
-                .with_context(|| format!("sysext file `{}` is not named NAME{SYSEXT_SUFFIX}", product.file))?;
-            format!("{tag}-sysext-{name}")
+                .with_context(|| format!("{} file `{}` is not named NAME{suffix}", product.kind, product.file))?;
+            format!("{tag}-{}-{name}", product.kind)
         }
-        kind => format!("{tag}-{kind}"),
+        None => format!("{tag}-{}", product.kind),
     };
     format!("localhost/x:{t}").parse::<Reference>().with_context(|| {
         format!(

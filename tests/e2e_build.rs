@@ -6,63 +6,22 @@
 //! it is skipped with a message. The tests run one at a time (they share the machine's two
 //! cores and podman), and the default set is built once and shared.
 
+mod e2e;
 mod support;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+use e2e::*;
+
 const MARKER: &str = "STRATA-ROOT-REACHED";
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn default_set() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("layers/debian-trixie")
-}
-
-/// Whether the e2e tools are there (panics in CI when they are not).
-fn have_tools(names: &[&str]) -> bool {
-    names.iter().all(|n| support::tool(n).is_some())
-}
-
-/// Run strata with a watchdog; returns its output.
-fn strata(args: &[&str], env: &[(&str, &str)], env_remove: &[&str]) -> Output {
-    // An absolute path: some tests give strata a PATH without the usual tools.
-    let mut c = Command::new("/usr/bin/timeout");
-    c.args(["--signal=INT", "--kill-after=30", "1200", STRATA]).args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    for k in env_remove {
-        c.env_remove(k);
-    }
-    let start = Instant::now();
-    let out = c.stdin(Stdio::null()).output().expect("running strata");
-    eprintln!("strata {} → {} in {:.1?}", args.join(" "), out.status, start.elapsed());
-    out
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn build(set: &Path, cache: &Path, out: &Path, env: &[(&str, &str)]) -> Output {
-    strata(
-        &["build", set.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(), "-o", out.to_str().unwrap()],
-        env,
-        &[],
-    )
-}
-
-fn assert_ok(o: &Output, what: &str) {
-    assert!(o.status.success(), "{what} failed ({}):\n{}", o.status, stderr(o));
+/// `strata build` of the kernel and initrd only (the extensions are tests/e2e_sysext.rs's).
+fn build_initrd(set: &Path, cache: &Path, out: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    build_with(set, cache, out, env, &["--no-extensions"])
 }
 
 struct Built {
@@ -76,36 +35,10 @@ fn built() -> &'static Built {
     BUILT.get_or_init(|| {
         let dir = tempfile::Builder::new().prefix("strata-e2e-").tempdir().unwrap().keep();
         let (cache, out) = (dir.join("cache"), dir.join("out"));
-        let o = build(&default_set(), &cache, &out, &[]);
+        let o = build_initrd(&default_set(), &cache, &out, &[]);
         assert_ok(&o, "building the default layer set");
         Built { cache, out }
     })
-}
-
-fn products(out: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(out.join("products.json")).unwrap()).unwrap()
-}
-
-fn product_file(out: &Path, kind: &str) -> PathBuf {
-    let p = products(out);
-    let item = p["products"].as_array().unwrap().iter().find(|x| x["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in products.json"));
-    out.join(item["file"].as_str().unwrap())
-}
-
-/// Split an initrd into its compressed members (zstd frames separated by zero padding).
-fn zstd_members(data: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < data.len() {
-        if data[pos] == 0 {
-            pos += 1;
-            continue;
-        }
-        let len = zstd::zstd_safe::find_frame_compressed_size(&data[pos..]).expect("a zstd frame");
-        out.push(&data[pos..pos + len]);
-        pos += len;
-    }
-    out
 }
 
 /// `zstd -dc | cpio -t` of one member, with the reference tools.
@@ -219,7 +152,7 @@ fn noop_rebuild_starts_no_container_and_rewrites_identical_products() {
     let before_json = std::fs::read(b.out.join("products.json")).unwrap();
     let out2 = b.out.with_file_name("out-noop");
     // A dead engine socket: any attempt to use the engine would fail the build.
-    let o = build(&default_set(), &b.cache, &out2, &[("CONTAINER_HOST", "unix:///nonexistent/strata-e2e.sock")]);
+    let o = build_initrd(&default_set(), &b.cache, &out2, &[("CONTAINER_HOST", "unix:///nonexistent/strata-e2e.sock")]);
     assert_ok(&o, "no-op rebuild");
     assert_eq!(std::fs::read(product_file(&out2, "initrd")).unwrap(), before);
     assert_eq!(std::fs::read(out2.join("products.json")).unwrap(), before_json);
@@ -249,7 +182,7 @@ fn corrupt_layer_blob_is_detected_and_rebuilt_to_the_same_bytes() {
     std::fs::write(&blob, data).unwrap();
 
     let out = dir.path().join("out");
-    let o = build(&default_set(), &cache, &out, &[]);
+    let o = build_initrd(&default_set(), &cache, &out, &[]);
     assert_ok(&o, "build over a corrupt store");
     let err = stderr(&o);
     assert!(err.contains("corrupt"), "the corruption was not reported:\n{err}");
@@ -259,24 +192,6 @@ fn corrupt_layer_blob_is_detected_and_rebuilt_to_the_same_bytes() {
         std::fs::read(product_file(&b.out, "initrd")).unwrap(),
         "the rebuilt initrd differs from the first build"
     );
-}
-
-#[test]
-fn two_builds_from_empty_caches_are_byte_identical() {
-    let _s = serial();
-    if !have_tools(&["podman"]) {
-        return;
-    }
-    let b = built();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let o = build(&default_set(), &dir.path().join("cache"), &out, &[]);
-    assert_ok(&o, "second clean build");
-    for kind in ["initrd", "kernel"] {
-        let (a, c) = (product_file(&b.out, kind), product_file(&out, kind));
-        let st = Command::new("cmp").arg(&a).arg(&c).status().unwrap();
-        assert!(st.success(), "{kind} differs between two clean builds: cmp {} {}", a.display(), c.display());
-    }
 }
 
 #[test]
@@ -307,6 +222,7 @@ fn rootless_build_gives_the_same_bytes_as_rootful() {
         .arg(format!("HOME={home}"))
         .arg(STRATA)
         .args(["build", default_set().to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .arg("--no-extensions")
         .current_dir("/")
         .output()
         .unwrap();
@@ -419,7 +335,7 @@ fn dead_api_socket_is_a_clear_error() {
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     let cache = dir.path().join("cache");
     let host = format!("unix://{}", sock.display());
-    let o = build(&default_set(), &cache, &dir.path().join("out"), &[("CONTAINER_HOST", &host)]);
+    let o = build_initrd(&default_set(), &cache, &dir.path().join("out"), &[("CONTAINER_HOST", &host)]);
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(err.contains(&format!("CONTAINER_HOST={host} does not answer")), "{err}");

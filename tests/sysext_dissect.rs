@@ -1,10 +1,7 @@
 //! Cross-check of our extension images with trixie's `systemd-dissect --validate` (systemd
 //! 257), run in a podman container: the host's systemd 252 predates the checks that matter.
 //!
-//! The container image is `docker.io/library/debian:trixie` (made locally by ci/setup.sh;
-//! nothing is pulled) plus `systemd-container`, built once and tagged with a digest of its
-//! Containerfile text. The image under test is mounted read-only; the container has no
-//! network.
+//! The container is made by `support::dissect`.
 //!
 //! What `--validate` checks: the partition table, the image policy, and (with
 //! `--root-hash=`) that a data and verity partition carry that root hash's halves as UUIDs.
@@ -16,88 +13,13 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use sha2::{Digest as _, Sha256};
+use support::dissect::{STRICT, validate};
 use strata_format::ddi::Arch;
 use strata_format::layer::{Entry, Layer};
 use strata_format::sign::{self, Signer};
 use strata_format::sysext::{self, ExtensionRelease, Image, ImageOptions};
-
-const BASE_IMAGE: &str = "docker.io/library/debian:trixie";
-
-const CONTAINERFILE: &str = "\
-FROM docker.io/library/debian:trixie
-RUN apt-get update \\
- && apt-get install -y --no-install-recommends systemd-container \\
- && rm -rf /var/lib/apt/lists/*
-";
-
-/// systemd's policy for extensions in the initrd's `/.extra/sysext/` (`image_policy_sysext_strict`).
-const STRICT: &str = "--image-policy=root=signed+absent:usr=signed+absent";
-
-fn podman_out(podman: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(podman).args(args).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("$ podman {}\n{text}", args.join(" "));
-    (out.status.success(), text)
-}
-
-/// The tag of the systemd-dissect image, built on first use. None (skipped) when podman or
-/// the base image is missing and tools are not required.
-fn dissect_image() -> Option<(PathBuf, String)> {
-    static TAG: OnceLock<Option<(PathBuf, String)>> = OnceLock::new();
-    TAG.get_or_init(|| {
-        let podman = support::podman()?;
-        let digest = Sha256::digest(CONTAINERFILE);
-        let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        let tag = format!("localhost/strata-test-dissect:{tag}");
-        if podman_out(&podman, &["image", "exists", &tag]).0 {
-            return Some((podman, tag));
-        }
-        if !podman_out(&podman, &["image", "exists", BASE_IMAGE]).0 {
-            let msg = format!("base image {BASE_IMAGE} is missing (ci/setup.sh makes it: mmdebstrap + podman import)");
-            assert!(!support::tools_required(), "{msg}");
-            eprintln!("SKIP: {msg}");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("Containerfile"), CONTAINERFILE).unwrap();
-        let context = dir.path().to_str().unwrap();
-        let (ok, out) = podman_out(
-            &podman,
-            &["build", "--pull=never", "--network=host", "-t", &tag, context],
-        );
-        assert!(ok, "building the systemd-dissect image failed:\n{out}");
-        Some((podman, tag))
-    })
-    .clone()
-}
-
-/// `systemd-dissect ARGS --validate /x.raw` on `image`: success and the output.
-fn validate(image: &Path, args: &[&str]) -> Option<(bool, String)> {
-    let (podman, tag) = dissect_image()?;
-    let volume = format!("{}:/x.raw:ro", image.display());
-    let run = [
-        "run",
-        "--rm",
-        "--pull=never",
-        "--network=none",
-        "-v",
-        &volume,
-        &tag,
-        "systemd-dissect",
-        "--no-pager",
-    ];
-    let tail = ["--validate", "/x.raw"];
-    Some(podman_out(&podman, &[&run[..], args, &tail[..]].concat()))
-}
 
 fn build(dir: &Path, signed: bool) -> (Image, PathBuf) {
     let t = 1_700_000_000;

@@ -15,6 +15,8 @@ use crate::engine::{ContainerSpec, Engine};
 const FETCH_RELEASE: &str = include_str!("scripts/fetch-release.sh");
 const INSTALL_ROOT: &str = include_str!("scripts/install-root.sh");
 const TARGET: &str = "/root/target";
+/// The units that merge system and configuration extensions, enabled in the base layer.
+const EXTENSION_UNITS: [&str; 2] = ["systemd-sysext.service", "systemd-confext.service"];
 
 /// Build the base layer and store it as `name`.
 pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str) -> Result<()> {
@@ -23,39 +25,8 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
     let spec = ContainerSpec { image: ctx.builder.to_string(), env: vec![], network: true, name_hint: "base".into() };
     let (tar, epoch) = in_container(ctx.engine, &spec, async |id: &str| {
         put_file(ctx.engine, id, "/", "strata-fetch-release.sh", FETCH_RELEASE.as_bytes(), 0o755).await?;
-        put_file(ctx.engine, id, "/", "strata-install-root.sh", INSTALL_ROOT.as_bytes(), 0o755).await?;
         let epoch = epoch_for(ctx, id).await?;
-        info!(packages = set.base.packages.len(), epoch, "installing packages into the build root");
-        let argv = vec![
-            "env".into(),
-            format!("SOURCE_DATE_EPOCH={epoch}"),
-            "sh".into(),
-            "/strata-install-root.sh".into(),
-            d.mirror.clone(),
-            d.release.clone(),
-            d.components.join(","),
-            d.architecture.clone(),
-            set.base.packages.join(","),
-            TARGET.into(),
-        ];
-        let out = ctx.engine.exec(id, &argv).await?;
-        if out.exit_code != 0 {
-            let missing = debian::missing_packages(&out.tail_text());
-            if !missing.is_empty() {
-                bail!(
-                    "package{} {} not found in {}/{} ({}, components {}): check the spelling in {}",
-                    if missing.len() > 1 { "s" } else { "" },
-                    missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "),
-                    d.id,
-                    d.release,
-                    d.mirror,
-                    d.components.join(" "),
-                    set.dir.join("base.toml").display()
-                );
-            }
-            bail!("installing the packages failed (exit code {}):\n--- last output ---\n{}", out.exit_code, out.tail_text());
-        }
-        let tar = ctx.engine.get_archive(id, TARGET).await?;
+        let tar = install_root(ctx, id, &set.base.packages, epoch, &set.dir.join("base.toml")).await?;
         Ok((tar, epoch))
     })
     .await?;
@@ -67,19 +38,19 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
     let name = name.to_string();
     let key = key.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
-        let layer = Layer::read_tar(tar.as_slice(), &ReadOptions { strip_prefix: Some("target".into()) })
-            .context("reading the build root from the container")?;
+        let layer = read_root(&tar)?;
         let (layer, versions) = finalize(layer, &packages, &remove, epoch)?;
         let blob = oci::put_layer_blob(&store, &layer)?;
-        let version = match layer.get("usr/lib/os-release").map(|e| &e.kind) {
-            Some(EntryKind::File { data }) => debian::os_release_field(&String::from_utf8_lossy(data), "VERSION_ID"),
-            _ => None,
-        }
-        .unwrap_or(release);
+        let os_release = match layer.get("usr/lib/os-release").map(|e| &e.kind) {
+            Some(EntryKind::File { data }) => String::from_utf8_lossy(data).into_owned(),
+            _ => String::new(),
+        };
+        let version = debian::os_release_field(&os_release, "VERSION_ID").unwrap_or(release);
         let mut annotations = HashMap::from([
             (oci::ANN_KEY.to_string(), key.to_string()),
             (oci::ANN_EPOCH.to_string(), epoch.to_string()),
-            ("io.strata.packages".to_string(), versions.join(" ")),
+            (super::extension::ANN_PACKAGES.to_string(), versions.join(" ")),
+            (oci::ANN_OS_RELEASE.to_string(), os_release),
         ]);
         annotations.extend(oci::standard_annotations(epoch, &version, &mirror));
         oci::put_image(&store, &name, &blob, epoch, annotations)?;
@@ -87,6 +58,56 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
         Ok(())
     })
     .await?
+}
+
+/// Install `packages` and their dependencies with apt/dpkg (mmdebstrap) into an empty build
+/// root in container `id`; returns the root as a tar. `config` is the file that lists the
+/// packages, named when one of them does not exist.
+pub(crate) async fn install_root<E: Engine>(
+    ctx: &Ctx<'_, E>,
+    id: &str,
+    packages: &[String],
+    epoch: u64,
+    config: &std::path::Path,
+) -> Result<Vec<u8>> {
+    let d = &ctx.set.distribution;
+    put_file(ctx.engine, id, "/", "strata-install-root.sh", INSTALL_ROOT.as_bytes(), 0o755).await?;
+    info!(packages = packages.len(), epoch, "installing packages into the build root");
+    let argv = vec![
+        "env".into(),
+        format!("SOURCE_DATE_EPOCH={epoch}"),
+        "sh".into(),
+        "/strata-install-root.sh".into(),
+        d.mirror.clone(),
+        d.release.clone(),
+        d.components.join(","),
+        d.architecture.clone(),
+        packages.join(","),
+        TARGET.into(),
+    ];
+    let out = ctx.engine.exec(id, &argv).await?;
+    if out.exit_code != 0 {
+        let missing = debian::missing_packages(&out.tail_text());
+        if !missing.is_empty() {
+            bail!(
+                "package{} {} not found in {}/{} ({}, components {}): check the spelling in {}",
+                if missing.len() > 1 { "s" } else { "" },
+                missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "),
+                d.id,
+                d.release,
+                d.mirror,
+                d.components.join(" "),
+                config.display()
+            );
+        }
+        bail!("installing the packages failed (exit code {}):\n--- last output ---\n{}", out.exit_code, out.tail_text());
+    }
+    Ok(ctx.engine.get_archive(id, TARGET).await?)
+}
+
+/// The build root in a tar from [`install_root`], as a layer.
+pub(crate) fn read_root(tar: &[u8]) -> Result<Layer> {
+    Layer::read_tar(tar, &ReadOptions { strip_prefix: Some("target".into()) }).context("reading the build root from the container")
 }
 
 /// The epoch for this build: `SOURCE_DATE_EPOCH` if set, else the suite's release date.
@@ -147,7 +168,16 @@ pub fn finalize(mut layer: Layer, packages: &[String], remove: &[String], epoch:
     if layer.get("usr/lib/systemd/systemd").is_none() {
         bail!("the base layer has no usr/lib/systemd/systemd; add `systemd` to the package list");
     }
+    // Debian ships systemd-sysext and systemd-confext disabled; the initrd merges the
+    // extensions systemd-stub places under /.extra/, so both are enabled.
+    let wants: Vec<&str> = EXTENSION_UNITS.iter().copied().filter(|u| layer.get(&format!("usr/lib/systemd/system/{u}")).is_some()).collect();
+    if wants.is_empty() {
+        bail!("the base layer has no usr/lib/systemd/system/systemd-sysext.service: its systemd cannot merge extensions");
+    }
     let mut entries = layer.into_entries();
+    for u in wants {
+        entries.push(Entry::symlink(&format!("etc/systemd/system/sysinit.target.wants/{u}"), &format!("/usr/lib/systemd/system/{u}"), epoch));
+    }
     entries.push(Entry::symlink("init", "usr/lib/systemd/systemd", epoch));
     entries.push(Entry::file("etc/initrd-release", debian::initrd_release(&os_release), 0o644, epoch));
     let mut layer = Layer::from_entries(entries)?;
@@ -168,6 +198,7 @@ mod tests {
             Entry::file("var/lib/dpkg/info/dpkg.list", "/usr/bin/dpkg\n", 0o644, 1),
             Entry::file("usr/bin/dpkg", "x", 0o755, 2_000_000_000),
             Entry::file("usr/lib/systemd/systemd", "ELF", 0o755, 2_000_000_000),
+            Entry::file("usr/lib/systemd/system/systemd-sysext.service", "[Unit]", 0o644, 1),
             Entry::file("usr/lib/os-release", "ID=debian\nVERSION_ID=\"13\"\n", 0o644, 1),
             Entry::file("usr/share/doc/systemd/copyright", "c", 0o644, 1),
             Entry::file("var/cache/ldconfig/aux-cache", "c", 0o644, 1),
@@ -184,6 +215,9 @@ mod tests {
         assert!(layer.get("usr/share/doc").is_none() && layer.get("var/lib/dpkg").is_none());
         assert!(layer.get("var/cache").is_some() && layer.get("var/cache/ldconfig").is_none());
         assert_eq!(layer.get("init").unwrap().kind, EntryKind::Symlink { target: "usr/lib/systemd/systemd".into() });
+        let wants = layer.get("etc/systemd/system/sysinit.target.wants/systemd-sysext.service").unwrap();
+        assert_eq!(wants.kind, EntryKind::Symlink { target: "/usr/lib/systemd/system/systemd-sysext.service".into() });
+        assert!(layer.get("etc/systemd/system/sysinit.target.wants/systemd-confext.service").is_none(), "not shipped, not enabled");
         let EntryKind::File { data } = &layer.get("etc/initrd-release").unwrap().kind else { panic!() };
         assert!(String::from_utf8_lossy(data).contains("VARIANT_ID=initrd"));
         assert!(layer.entries().iter().all(|e| e.mtime <= 1_000));

@@ -2,6 +2,7 @@
 
 mod base;
 mod builder;
+pub mod extension;
 mod modules;
 pub mod oci;
 pub mod remote_cache;
@@ -34,6 +35,11 @@ pub struct Options {
     pub source_date_epoch: Option<u64>,
     /// `--cache-from` / `--cache-to`: layers shared through a registry.
     pub remote_cache: remote_cache::Options,
+    /// `--key` and `--cert`: sign the extension images, and put the certificate into the
+    /// initrd. Without them the images are unsigned (and a strata initrd refuses them).
+    pub signing: Option<(PathBuf, PathBuf)>,
+    /// `--extension`: build only these extensions (None: all of the set's; empty: none).
+    pub extensions: Option<Vec<String>>,
 }
 
 /// What a build did (for the summary line and tests).
@@ -64,6 +70,16 @@ pub fn source_date_epoch_from_env() -> Result<Option<u64>> {
 pub async fn run(opts: &Options) -> Result<(Report, Products)> {
     let start = Instant::now();
     let set = LayerSet::load(&opts.layer_set)?;
+    let extensions = select_extensions(&set, opts.extensions.as_deref())?;
+    let signing = match &opts.signing {
+        Some((key, cert)) => Some(crate::sysext::Signing::load(key, cert)?),
+        None => None,
+    };
+    if signing.is_none() && !extensions.is_empty() {
+        tracing::warn!(
+            "no --key/--cert: the extension images are unsigned, and an initrd that verifies extensions refuses them"
+        );
+    }
     let store_dir = opts.cache_dir.join("oci");
     let store = Store::open(&store_dir).with_context(|| format!("opening the layer store {}", store_dir.display()))?;
     let builder = builder_tag();
@@ -72,74 +88,154 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
     let kernel_key = plan::kernel_key(&set, &builder, epoch);
     let base_ref = plan::layer_ref("base", &base_key);
     let kernel_ref = plan::layer_ref("kernel", &kernel_key);
-    info!(set = %set.name, release = %set.distribution.release, base_key = %base_key.hex(), kernel_key = %kernel_key.hex(), "planned");
+    info!(set = %set.name, release = %set.distribution.release, base_key = %base_key.hex(), kernel_key = %kernel_key.hex(), extensions = extensions.len(), "planned");
 
     let mut report = Report::default();
-    let have = |name: &str| -> Result<bool> { Ok(!opts.rebuild && oci::verify(&store, name)?) };
-    let mut need_base = !have(&base_ref)?;
-    let mut need_kernel = !have(&kernel_ref)?;
-    // A layer the store lacks may be in the --cache-from registry (not with --rebuild).
     let remote = remote_cache::RemoteCache::new(&opts.remote_cache)?;
-    let wanted = [("base", &base_key, &base_ref, &mut need_base), ("kernel", &kernel_key, &kernel_ref, &mut need_kernel)];
-    for (kind, key, name, need) in wanted {
-        if *need && !opts.rebuild && remote.fetch(&store, kind, key, name).await {
-            *need = false;
-            report.pulled.push(kind.into());
-        }
+    let mut engine = Engine_::default();
+    if obtain(&store, &remote, opts.rebuild, "base", &base_key, &base_ref, &mut report).await? {
+        base::build(&{ engine.connect().await?; Ctx { engine: engine.get(), set: &set, store: &store, builder: &builder, epoch } }, &base_key, &base_ref)
+            .instrument(info_span!("base_layer"))
+            .await
+            .with_context(|| format!("building the base layer of {} for {}/{}", set.name, set.distribution.id, set.distribution.release))?;
+        report.built.push("base".into());
     }
-    if need_base || need_kernel {
-        // Only now is a container engine needed.
-        let engine = Podman::connect().await.context("connecting to the container engine")?;
-        builder::ensure(&engine).await?;
-        let ctx = Ctx { engine: &engine, set: &set, store: &store, builder: &builder, epoch };
-        if need_base {
-            base::build(&ctx, &base_key, &base_ref)
-                .instrument(info_span!("base_layer"))
-                .await
-                .with_context(|| format!("building the base layer of {} for {}/{}", set.name, set.distribution.id, set.distribution.release))?;
-            report.built.push("base".into());
-        }
-        if need_kernel {
-            modules::build(&ctx, &kernel_key, &kernel_ref)
-                .instrument(info_span!("kernel_layer"))
-                .await
-                .with_context(|| format!("building the kernel layer ({}) of {}", set.kernel.package, set.name))?;
-            report.built.push("kernel".into());
-        }
-    }
-    if !need_base {
-        report.cached.push("base".into());
-    }
-    if !need_kernel {
-        report.cached.push("kernel".into());
+    if obtain(&store, &remote, opts.rebuild, "kernel", &kernel_key, &kernel_ref, &mut report).await? {
+        modules::build(&{ engine.connect().await?; Ctx { engine: engine.get(), set: &set, store: &store, builder: &builder, epoch } }, &kernel_key, &kernel_ref)
+            .instrument(info_span!("kernel_layer"))
+            .await
+            .with_context(|| format!("building the kernel layer ({}) of {}", set.kernel.package, set.name))?;
+        report.built.push("kernel".into());
     }
     remote.publish(&store, "base", &base_key, &base_ref).await?;
     remote.publish(&store, "kernel", &kernel_key, &kernel_ref).await?;
-    let layers = vec![
+    let mut layers = vec![
         products::LayerRecord::of(&store, "base", &base_key)?,
         products::LayerRecord::of(&store, "kernel", &kernel_key)?,
     ];
 
+    // Extensions are diffs against the base layer's bytes: their keys need its digest.
+    let base_blob = layer_blob(&store, &base_ref)?;
+    let mut extension_layers = Vec::new();
+    for x in &extensions {
+        let kind = format!("ext-{}", x.name);
+        let key = plan::extension_key(&set, &builder, epoch, &base_blob, x);
+        let name = plan::layer_ref(&kind, &key);
+        if obtain(&store, &remote, opts.rebuild, &kind, &key, &name, &mut report).await? {
+            extension::build(&{ engine.connect().await?; Ctx { engine: engine.get(), set: &set, store: &store, builder: &builder, epoch } }, x, &base_ref, &key, &name)
+                .instrument(info_span!("extension_layer", extension = %x.name))
+                .await
+                .with_context(|| format!("building the extension layer `{}` of {} ({})", x.name, set.name, x.file.display()))?;
+            report.built.push(kind.clone());
+        }
+        remote.publish(&store, &kind, &key, &name).await?;
+        layers.push(products::LayerRecord::of(&store, &kind, &key)?);
+        extension_layers.push((*x, layer_blob(&store, &name)?));
+    }
+
     let products = {
         let _span = info_span!("products").entered();
-        write_products(&set, &store, &base_ref, &kernel_ref, layers, &opts.output)?
+        let inputs = ProductInputs { base_ref: &base_ref, kernel_ref: &kernel_ref, extensions: &extension_layers, signing: signing.as_ref() };
+        write_products(&set, &store, &inputs, layers, &opts.output)?
     };
     info!(elapsed = ?start.elapsed(), built = ?report.built, cached = ?report.cached, pulled = ?report.pulled, output = %opts.output.display(), "build finished");
     Ok((report, products))
 }
 
-/// Flatten the layers into the initrd and write every product plus `products.json`.
+/// The extensions `--extension` asks for (all of the set's by default), by name.
+fn select_extensions<'a>(set: &'a LayerSet, wanted: Option<&[String]>) -> Result<Vec<&'a crate::config::Extension>> {
+    let Some(wanted) = wanted else { return Ok(set.extensions.iter().collect()) };
+    wanted
+        .iter()
+        .map(|w| {
+            set.extension(w).with_context(|| {
+                let known: Vec<&str> = set.extensions.iter().map(|x| x.name.as_str()).collect();
+                format!("--extension {w}: the layer set {} has no extension `{w}` (it has: {})", set.dir.display(), known.join(", "))
+            })
+        })
+        .collect()
+}
+
+/// Whether the layer `kind` with `key` must be built: not if the store has it intact, or
+/// the `--cache-from` registry has it (pulled now). Records which in `report`.
+async fn obtain(
+    store: &Store,
+    remote: &remote_cache::RemoteCache,
+    rebuild: bool,
+    kind: &str,
+    key: &Digest,
+    name: &str,
+    report: &mut Report,
+) -> Result<bool> {
+    if rebuild {
+        return Ok(true);
+    }
+    if oci::verify(store, name)? {
+        report.cached.push(kind.into());
+        return Ok(false);
+    }
+    if remote.fetch(store, kind, key, name).await {
+        report.cached.push(kind.into());
+        report.pulled.push(kind.into());
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// The container engine, connected the first time a layer has to be built (a build with
+/// every layer cached needs none).
+#[derive(Default)]
+struct Engine_ {
+    podman: Option<Podman>,
+}
+
+impl Engine_ {
+    async fn connect(&mut self) -> Result<()> {
+        if self.podman.is_none() {
+            let engine = Podman::connect().await.context("connecting to the container engine")?;
+            builder::ensure(&engine).await?;
+            self.podman = Some(engine);
+        }
+        Ok(())
+    }
+
+    /// The engine [`Self::connect`] connected.
+    fn get(&self) -> &Podman {
+        self.podman.as_ref().expect("connect() first")
+    }
+}
+
+/// The blob of the one-layer image named `name`.
+fn layer_blob(store: &Store, name: &str) -> Result<Digest> {
+    let m = oci::get_manifest(store, name)?.with_context(|| format!("layer {name} vanished from the store"))?;
+    let first = m.layers().first().with_context(|| format!("layer {name} has no layer blob"))?;
+    Ok(oci::layer_digest(first)?.0)
+}
+
+/// What the products are made from.
+struct ProductInputs<'a> {
+    base_ref: &'a str,
+    kernel_ref: &'a str,
+    /// Each extension with its layer blob.
+    extensions: &'a [(&'a crate::config::Extension, Digest)],
+    signing: Option<&'a crate::sysext::Signing>,
+}
+
+/// Flatten the layers into the initrd, make the extension images, and write every product
+/// plus `products.json`.
 fn write_products(
     set: &LayerSet,
     store: &Store,
-    base_ref: &str,
-    kernel_ref: &str,
+    inputs: &ProductInputs<'_>,
     layers: Vec<products::LayerRecord>,
     output: &Path,
 ) -> Result<Products> {
-    let base = oci::get_manifest(store, base_ref)?.with_context(|| format!("layer {base_ref} vanished from the store"))?;
-    let kernel = oci::get_manifest(store, kernel_ref)?.with_context(|| format!("layer {kernel_ref} vanished from the store"))?;
+    let base = oci::get_manifest(store, inputs.base_ref)?.with_context(|| format!("layer {} vanished from the store", inputs.base_ref))?;
+    let kernel =
+        oci::get_manifest(store, inputs.kernel_ref)?.with_context(|| format!("layer {} vanished from the store", inputs.kernel_ref))?;
     let (base_blob, _) = oci::layer_digest(&base.layers()[0])?;
+    let base_ann = base.annotations().clone().unwrap_or_default();
+    let epoch: u64 = base_ann.get(oci::ANN_EPOCH).and_then(|e| e.parse().ok()).context("base layer without an epoch annotation")?;
     let kernel_ann = kernel.annotations().clone().unwrap_or_default();
     let version = kernel_ann.get(oci::ANN_KERNEL_VERSION).cloned().context("kernel layer without a version annotation")?;
     let mut kernel_image = None;
@@ -155,10 +251,15 @@ fn write_products(
     let modules_blob = modules_blob.context("kernel layer without a modules layer")?;
 
     std::fs::create_dir_all(output).with_context(|| format!("creating the output directory {}", output.display()))?;
-    let members = [
+    let mut members = vec![
         crate::initrd::member(store, &base_blob, set.base.compression, true)?,
         crate::initrd::member(store, &modules_blob, set.base.compression, false)?,
     ];
+    if let Some(signing) = inputs.signing {
+        // Its own member, so the base layer (and its cached member) serve every key.
+        let data = crate::initrd::write_member(&crate::sysext::certificate_layer(signing, epoch)?, set.base.compression)?;
+        members.push(crate::initrd::Member { digest: Digest::of(&data), data });
+    }
     let initrd_name = match set.base.compression.extension() {
         Some(ext) => format!("initrd.cpio.{ext}"),
         None => "initrd.cpio".to_string(),
@@ -173,7 +274,17 @@ fn write_products(
     crate::store::write_atomic(&output.join(&kernel_name), &vmlinuz)?;
     let kernel = Product::kernel(&kernel_name, Digest::of(&vmlinuz), vmlinuz.len() as u64, &version);
 
-    let mut products = Products::new(&set.name, vec![kernel, initrd]);
+    let mut all = vec![kernel, initrd];
+    if !inputs.extensions.is_empty() {
+        let os_release = base_ann.get(oci::ANN_OS_RELEASE).context("base layer without an os-release annotation")?;
+        let arch = crate::sysext::arch(&set.distribution.architecture)?;
+        for (x, blob) in inputs.extensions {
+            let _span = info_span!("extension_image", extension = %x.name).entered();
+            let release = crate::sysext::release(os_release, arch, x);
+            all.extend(crate::sysext::write_images(store, x, blob, &release, epoch, inputs.signing, output)?);
+        }
+    }
+    let mut products = Products::new(&set.name, all);
     products.layers = layers;
     products::write(output, &products)?;
     Ok(products)

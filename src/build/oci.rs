@@ -28,6 +28,8 @@ pub const INITRD_MEMBER: &str = "application/vnd.strata.initrd.member.v1";
 pub const ANN_EPOCH: &str = "io.strata.epoch";
 /// Annotation: the kernel version (`uname -r`).
 pub const ANN_KERNEL_VERSION: &str = "io.strata.kernel.version";
+/// Annotation: the base layer's `usr/lib/os-release`, which extensions must match.
+pub const ANN_OS_RELEASE: &str = "io.strata.os-release";
 /// Annotation: the cache key a layer was built for.
 pub const ANN_KEY: &str = "io.strata.key";
 

@@ -1,4 +1,5 @@
-//! Layer-set configuration: `layers/<set>/base.toml`.
+//! Layer-set configuration: `layers/<set>/base.toml` and one `<name>.toml` per extension
+//! layer ([`extension`]).
 //!
 //! TOML with unknown keys rejected. Every error names the file, the line and the key, and
 //! where possible says what would be accepted instead.
@@ -10,6 +11,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use strata_format::compress::Compression;
 use toml::Spanned;
+
+pub mod extension;
+
+pub use extension::{Extension, ExtraFile};
 
 /// The default mirror: Debian's main mirror network.
 pub const DEFAULT_DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
@@ -24,6 +29,8 @@ pub struct LayerSet {
     pub distribution: Distribution,
     pub base: Base,
     pub kernel: Kernel,
+    /// Extension layers on top of the base layer, sorted by name.
+    pub extensions: Vec<Extension>,
 }
 
 /// Which distribution the layers are built from.
@@ -125,8 +132,7 @@ struct RawKernel {
 }
 
 impl LayerSet {
-    /// Read `dir/base.toml`. Other `*.toml` files in the directory are extension layers,
-    /// which this version does not build yet: they are refused, by name, rather than ignored.
+    /// Read `dir/base.toml` and every other `dir/*.toml` as an extension layer.
     pub fn load(dir: &Path) -> anyhow::Result<LayerSet> {
         use anyhow::Context as _;
         let file = dir.join("base.toml");
@@ -145,29 +151,23 @@ impl LayerSet {
             .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.file_name().is_some_and(|n| n != "base.toml"))
             .collect();
         others.sort();
-        if let Some(first) = others.first() {
-            anyhow::bail!(
-                "{}: extension layers are not implemented in this version of strata (only base.toml is built); \
-                 move the file out of the layer set to build the base initrd",
-                first.display()
-            );
+        for file in others {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading the extension layer {}", file.display()))?;
+            set.extensions.push(extension::parse(&file, &text, dir)?);
         }
         Ok(set)
+    }
+
+    /// The extension called `name`.
+    pub fn extension(&self, name: &str) -> Option<&Extension> {
+        self.extensions.iter().find(|x| x.name == name)
     }
 }
 
 /// Parse and validate one `base.toml` text. `file` is only used in error messages.
 pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
-    let err_at = |span: Option<Range<usize>>, key: Option<&str>, message: String| {
-        let (line, column) = span.map_or((1, 1), |s| line_col(text, s.start));
-        ConfigError { file: file.to_path_buf(), line, column, key: key.map(str::to_string), message }
-    };
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
-        let message = e.message().trim_end().to_string();
-        // serde names the offending field in the message ("unknown field `x`, expected …").
-        let key = message.split('`').nth(1).map(str::to_string);
-        err_at(e.span(), key.as_deref(), message)
-    })?;
+    let err_at = err_fn(file, text);
+    let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(e, &err_at))?;
 
     let d = raw.distribution;
     if d.id.get_ref() != "debian" {
@@ -199,14 +199,7 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
         return Err(err_at(Some(b.packages.span()), Some("base.packages"), "the package list is empty".into()));
     }
     let packages = package_list(b.packages.into_inner(), "base.packages", &err_at)?;
-    let mut remove = Vec::new();
-    for r in b.remove {
-        let p = r.get_ref().trim_start_matches('/');
-        if p.is_empty() || p.split('/').any(|c| c == "..") || glob::Pattern::new(p).is_err() {
-            return Err(err_at(Some(r.span()), Some("base.remove"), format!("`{}` is not a path glob inside the layer", r.get_ref())));
-        }
-        remove.push(p.to_string());
-    }
+    let remove = b.remove.iter().map(|r| check_remove_glob(r, "base.remove", &err_at)).collect::<Result<_, _>>()?;
     let compression = match b.compression {
         Some(c) => c.get_ref().parse::<Compression>().map_err(|e| err_at(Some(c.span()), Some("base.compression"), e.to_string()))?,
         None => Compression::DEFAULT,
@@ -232,10 +225,35 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
         distribution: Distribution { id: d.id.into_inner(), release: d.release.into_inner(), mirror, components, architecture },
         base: Base { packages, remove, compression },
         kernel: Kernel { package: k.package.into_inner(), modules, firmware_packages },
+        extensions: vec![],
     })
 }
 
 type ErrAt<'a> = dyn Fn(Option<Range<usize>>, Option<&str>, String) -> ConfigError + 'a;
+
+/// An error maker for `file`: a span in `text` becomes line and column.
+fn err_fn<'a>(file: &'a Path, text: &'a str) -> impl Fn(Option<Range<usize>>, Option<&str>, String) -> ConfigError + 'a {
+    move |span, key, message| {
+        let (line, column) = span.map_or((1, 1), |s| line_col(text, s.start));
+        ConfigError { file: file.to_path_buf(), line, column, key: key.map(str::to_string), message }
+    }
+}
+
+/// A TOML or schema error, with the key serde names in its message ("unknown field `x`").
+fn toml_error(e: toml::de::Error, err_at: &ErrAt) -> ConfigError {
+    let message = e.message().trim_end().to_string();
+    let key = message.split('`').nth(1).map(str::to_string);
+    err_at(e.span(), key.as_deref(), message)
+}
+
+/// A `remove` entry: a glob over paths inside the layer, leading `/` dropped.
+fn check_remove_glob(r: &Spanned<String>, key: &str, err_at: &ErrAt) -> Result<String, ConfigError> {
+    let p = r.get_ref().trim_start_matches('/');
+    if p.is_empty() || p.split('/').any(|c| c == "..") || glob::Pattern::new(p).is_err() {
+        return Err(err_at(Some(r.span()), Some(key), format!("`{}` is not a path glob inside the layer", r.get_ref())));
+    }
+    Ok(p.to_string())
+}
 
 fn package_list(list: Vec<Spanned<String>>, key: &str, err_at: &ErrAt) -> Result<Vec<String>, ConfigError> {
     let mut out: Vec<String> = Vec::with_capacity(list.len());

@@ -8,6 +8,8 @@
 
 use std::path::PathBuf;
 
+pub mod dissect;
+
 /// Whether missing reference tools must fail tests instead of skipping them.
 pub fn tools_required() -> bool {
     std::env::var_os("STRATA_REQUIRE_TOOLS").is_some_and(|v| v != "0")

@@ -1,0 +1,214 @@
+//! Extension layers: `layers/<set>/<name>.toml`, one file per extension, each on top of the
+//! set's base layer.
+//!
+//! ```toml
+//! [extension]
+//! packages = ["openssh-server"]          # installed on top of the base packages
+//! remove = ["etc/ssh/ssh_host_*"]        # globs, in addition to the base layer's
+//! confext = false                        # also build NAME.confext.raw from /etc
+//! scope = ["initrd"]                     # SYSEXT_SCOPE of the extension-release
+//! reload-manager = true                  # systemd reloads after merging (units, generators)
+//! files = [{ source = "files/x.conf", path = "usr/lib/x.conf", mode = "0644" }]
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{ConfigError, ErrAt, check_remove_glob, err_fn, package_list, toml_error};
+use crate::digest::Digest;
+
+/// An extension layer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Extension {
+    /// The file stem: the image is `NAME.sysext.raw` with `extension-release.NAME`.
+    pub name: String,
+    /// The file the extension was read from.
+    #[serde(skip)]
+    pub file: PathBuf,
+    /// Installed on top of the base layer's packages.
+    pub packages: Vec<String>,
+    /// Paths (globs) removed from the layer, after the base layer's own `remove` list.
+    pub remove: Vec<String>,
+    /// Files from the layer-set directory put into the layer.
+    pub files: Vec<ExtraFile>,
+    /// Also build `NAME.confext.raw` from the layer's `/etc`.
+    pub confext: bool,
+    /// `SYSEXT_SCOPE`: where systemd merges it (`initrd`, `system`, `portable`).
+    pub scope: Vec<String>,
+    /// `EXTENSION_RELOAD_MANAGER=1`: systemd reloads its units after the merge, so the
+    /// extension's units and generators take effect.
+    pub reload_manager: bool,
+}
+
+/// A file the user names explicitly, taken from the layer-set directory into the layer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExtraFile {
+    /// Path inside the layer, relative (`usr/lib/systemd/network/80-dhcp.network`).
+    pub path: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// Where it was read from.
+    #[serde(skip)]
+    pub source: PathBuf,
+    /// Its content (the key covers its digest).
+    #[serde(serialize_with = "content_digest")]
+    pub data: Vec<u8>,
+}
+
+fn content_digest<S: serde::Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&Digest::of(data))
+}
+
+const SCOPES: [&str; 3] = ["initrd", "system", "portable"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawFile {
+    extension: RawExtension,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawExtension {
+    packages: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    remove: Vec<Spanned<String>>,
+    #[serde(default)]
+    files: Vec<Spanned<RawExtraFile>>,
+    #[serde(default)]
+    confext: bool,
+    scope: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    reload_manager: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawExtraFile {
+    source: Spanned<String>,
+    path: Spanned<String>,
+    mode: Option<Spanned<String>>,
+}
+
+/// Parse one extension file. `dir` is the layer-set directory extra files are read from.
+pub fn parse(file: &Path, text: &str, dir: &Path) -> Result<Extension, ConfigError> {
+    let err_at = err_fn(file, text);
+    let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    if let Err(e) = strata_format::sysext::check_name(&name) {
+        return Err(err_at(None, None, format!("{e} (the file name is the extension's name)")));
+    }
+    let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(e, &err_at))?;
+    let x = raw.extension;
+    if x.packages.get_ref().is_empty() && x.files.is_empty() {
+        return Err(err_at(
+            Some(x.packages.span()),
+            Some("extension.packages"),
+            "the package list is empty and there are no files: the extension would hold nothing".into(),
+        ));
+    }
+    let packages = package_list(x.packages.into_inner(), "extension.packages", &err_at)?;
+    let remove = x.remove.iter().map(|r| check_remove_glob(r, "extension.remove", &err_at)).collect::<Result<_, _>>()?;
+    let files = x.files.into_iter().map(|f| extra_file(f, dir, &err_at)).collect::<Result<Vec<_>, _>>()?;
+    let scope = match x.scope {
+        None => vec!["initrd".to_string()],
+        Some(s) if s.get_ref().is_empty() => {
+            return Err(err_at(Some(s.span()), Some("extension.scope"), format!("empty scope; use some of {SCOPES:?}")));
+        }
+        Some(s) => s
+            .into_inner()
+            .into_iter()
+            .map(|v| {
+                if SCOPES.contains(&v.get_ref().as_str()) {
+                    Ok(v.into_inner())
+                } else {
+                    Err(err_at(
+                        Some(v.span()),
+                        Some("extension.scope"),
+                        format!("unknown scope `{}`: use {SCOPES:?}", v.get_ref()),
+                    ))
+                }
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(Extension { name, file: file.to_path_buf(), packages, remove, files, confext: x.confext, scope, reload_manager: x.reload_manager })
+}
+
+fn extra_file(f: Spanned<RawExtraFile>, dir: &Path, err_at: &ErrAt) -> Result<ExtraFile, ConfigError> {
+    let f = f.into_inner();
+    let path = f.path.get_ref().trim_start_matches('/').to_string();
+    if path.is_empty() || path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err(err_at(Some(f.path.span()), Some("extension.files.path"), format!("`{}` is not a path inside the layer", f.path.get_ref())));
+    }
+    let mode = match &f.mode {
+        None => 0o644,
+        Some(m) => u32::from_str_radix(m.get_ref(), 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
+            err_at(Some(m.span()), Some("extension.files.mode"), format!("`{}` is not an octal mode like \"0644\"", m.get_ref()))
+        })?,
+    };
+    let source = dir.join(f.source.get_ref());
+    let data = std::fs::read(&source).map_err(|e| {
+        err_at(Some(f.source.span()), Some("extension.files.source"), format!("cannot read {}: {e}", source.display()))
+    })?;
+    Ok(ExtraFile { path, mode, source, data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_in(dir: &Path, text: &str) -> Result<Extension, ConfigError> {
+        parse(&dir.join("network.toml"), text, dir)
+    }
+
+    #[test]
+    fn good_extension_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("dhcp.network"), "[Match]\nName=en*\n").unwrap();
+        let x = parse_in(
+            dir.path(),
+            r#"[extension]
+packages = ["openssh-server"]
+remove = ["/etc/ssh/ssh_host_*"]
+files = [{ source = "dhcp.network", path = "/usr/lib/systemd/network/80-dhcp.network" }]
+"#,
+        )
+        .unwrap();
+        assert_eq!(x.name, "network");
+        assert_eq!(x.scope, ["initrd"]);
+        assert!(!x.confext);
+        assert_eq!(x.remove, ["etc/ssh/ssh_host_*"]);
+        assert_eq!(x.files[0].path, "usr/lib/systemd/network/80-dhcp.network");
+        assert_eq!((x.files[0].mode, x.files[0].data.as_slice()), (0o644, &b"[Match]\nName=en*\n"[..]));
+    }
+
+    #[test]
+    fn bad_extensions_name_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("[extension]\npackages = []\n", 2, Some("extension.packages"), "would hold nothing"),
+            ("[extension]\npackages = [\"ok\"]\nscope = [\"usr\"]\n", 3, Some("extension.scope"), "unknown scope `usr`"),
+            ("[extension]\npackages = [\"ok\"]\ncolour = 1\n", 3, Some("colour"), "unknown field"),
+            (
+                "[extension]\npackages = [\"ok\"]\nfiles = [{ source = \"nope\", path = \"usr/x\" }]\n",
+                3,
+                Some("extension.files.source"),
+                "cannot read",
+            ),
+            (
+                "[extension]\npackages = [\"ok\"]\nfiles = [{ source = \"nope\", path = \"../x\" }]\n",
+                3,
+                Some("extension.files.path"),
+                "not a path inside",
+            ),
+        ];
+        for (text, line, key, msg) in cases {
+            let e = parse_in(dir.path(), text).unwrap_err();
+            assert_eq!((e.line, e.key.as_deref()), (line, key), "{e}");
+            assert!(e.message.contains(msg), "{e}");
+        }
+        let e = parse(&dir.path().join("my_ext.toml"), "[extension]\npackages = [\"ok\"]\n", dir.path()).unwrap_err();
+        assert!(e.to_string().contains("invalid extension name `my_ext`"), "{e}");
+    }
+}

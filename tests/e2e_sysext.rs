@@ -1,0 +1,430 @@
+//! End to end for system extensions: the default set's five extensions, built by the real
+//! `strata` with a key from `strata keygen`, judged by the reference tools (`sfdisk`,
+//! `veritysetup`, `unsquashfs`, trixie's `systemd-dissect`) and by systemd itself in the
+//! initrd booted under qemu, which merges the signed image and refuses a tampered or
+//! unsigned one.
+//!
+//! Needs what tests/e2e_build.rs needs plus sfdisk, veritysetup and unsquashfs. In CI a
+//! missing tool fails the test.
+
+mod e2e;
+mod support;
+
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use e2e::*;
+
+/// Each curated extension and files it must carry.
+const CURATED: [(&str, &[&str]); 5] = [
+    ("graphics", &["usr/sbin/plymouthd", "usr/bin/loadkeys", "usr/share/keymaps"]),
+    ("hwe", &["usr/libexec/bluetooth/bluetoothd", "usr/bin/lsusb", "usr/lib/firmware"]),
+    ("network", &["usr/sbin/sshd"]),
+    ("sound", &["usr/bin/espeakup", "usr/bin/amixer", "usr/share/alsa/ucm2"]),
+    ("storage", &["usr/sbin/cryptsetup", "usr/sbin/lvm", "usr/sbin/mdadm", "usr/sbin/iscsiadm", "usr/sbin/mount.nfs", "usr/bin/clevis"]),
+];
+
+/// What the extension's command prints in the booted initrd.
+const RAN: &str = "STRATA-EXT-RAN:";
+
+struct Signed {
+    dir: PathBuf,
+    cache: PathBuf,
+    out: PathBuf,
+    key: PathBuf,
+    cert: PathBuf,
+}
+
+/// `strata keygen`, then the default set with all its extensions, signed, from an empty cache.
+fn signed() -> &'static Signed {
+    static SIGNED: OnceLock<Signed> = OnceLock::new();
+    SIGNED.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("strata-e2e-sysext-").tempdir().unwrap().keep();
+        let keys = dir.join("keys");
+        assert_ok(&strata(&["keygen", "-o", keys.to_str().unwrap()], &[], &[]), "strata keygen");
+        let (key, cert) = (keys.join("sysext.key"), keys.join("sysext.crt"));
+        let (cache, out) = (dir.join("cache"), dir.join("out"));
+        let o = build_with(&default_set(), &cache, &out, &[], &["--key", key.to_str().unwrap(), "--cert", cert.to_str().unwrap()]);
+        assert_ok(&o, "building the default set with its extensions, signed");
+        Signed { dir, cache, out, key, cert }
+    })
+}
+
+fn sysext_entry(out: &Path, name: &str) -> serde_json::Value {
+    let file = format!("{name}.sysext.raw");
+    products(out)["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == "sysext" && p["file"] == file.as_str())
+        .unwrap_or_else(|| panic!("no sysext {file} in products.json"))
+        .clone()
+}
+
+/// The partitions of a GPT image as sfdisk reads them: (type GUID, start byte, size).
+fn partitions(image: &Path) -> Vec<(String, u64, u64)> {
+    let o = Command::new("sfdisk").arg("--json").arg(image).output().unwrap();
+    assert!(o.status.success(), "sfdisk --json {}: {}", image.display(), String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["type"].as_str().unwrap().to_lowercase(), p["start"].as_u64().unwrap() * 512, p["size"].as_u64().unwrap() * 512))
+        .collect()
+}
+
+fn extract(image: &Path, (start, size): (u64, u64), to: &Path) {
+    let mut f = std::fs::File::open(image).unwrap();
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(start)).unwrap();
+    let mut data = vec![0; size as usize];
+    f.read_exact(&mut data).unwrap();
+    std::fs::write(to, data).unwrap();
+}
+
+/// The path of an `unsquashfs -lls -d ""` line (`-rw-r--r-- root/root 91 2026-11-21 09:15
+/// /usr/x`, symlinks with ` -> target`).
+fn listed_path(line: &str) -> Option<&str> {
+    let l = line.split(" -> ").next()?;
+    l.find(" /").map(|i| &l[i + 1..])
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let o = cmd.output().unwrap();
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+#[test]
+fn curated_extensions_pass_the_reference_tools() {
+    let _s = serial();
+    if !have_tools(&["podman", "sfdisk", "veritysetup", "unsquashfs"]) {
+        return;
+    }
+    let s = signed();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, expected) in CURATED {
+        let entry = sysext_entry(&s.out, name);
+        assert_eq!(entry["signed"], true, "{name}: {entry}");
+        let root_hash = entry["root_hash"].as_str().unwrap().to_string();
+        let image = s.out.join(entry["file"].as_str().unwrap());
+        let parts = partitions(&image);
+        let types: Vec<&str> = parts.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(
+            types,
+            ["4f68bce3-e8cd-4db1-96e7-fbcaf984b709", "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5", "41092b05-9fc8-4523-994f-2def0408b176"],
+            "{name}: not the x86-64 root, root-verity and root-verity-sig partition types"
+        );
+        let (data, hash) = (dir.path().join(format!("{name}.data")), dir.path().join(format!("{name}.hash")));
+        extract(&image, (parts[0].1, parts[0].2), &data);
+        extract(&image, (parts[1].1, parts[1].2), &hash);
+        let (ok, text) = run(Command::new("veritysetup").arg("verify").arg(&data).arg(&hash).arg(&root_hash));
+        assert!(ok, "{name}: veritysetup verify with the root hash of products.json: {text}");
+
+        let (ok, listing) = run(Command::new("unsquashfs").args(["-lls", "-d", ""]).arg(&data));
+        assert!(ok, "{name}: unsquashfs -lls: {listing}");
+        let paths: Vec<&str> = listing.lines().filter_map(listed_path).collect();
+        let release = format!("/usr/lib/extension-release.d/extension-release.{name}");
+        for path in expected.iter().map(|p| format!("/{p}")).chain([release.clone()]) {
+            assert!(paths.contains(&path.as_str()), "{name}: no {path} in the image");
+        }
+        let outside: Vec<&&str> = paths.iter().filter(|p| !(p.starts_with("/usr") || p.starts_with("/opt"))).collect();
+        assert!(outside.is_empty(), "{name}: paths outside /usr and /opt: {outside:?}");
+        let (ok, text) = run(Command::new("unsquashfs").args(["-cat"]).arg(&data).arg(&release[1..]));
+        assert!(ok, "{name}: unsquashfs -cat: {text}");
+        for line in ["ID=debian", "VERSION_ID=13", "ARCHITECTURE=x86-64", "SYSEXT_SCOPE=initrd", "EXTENSION_RELOAD_MANAGER=1"] {
+            assert!(text.lines().any(|l| l == line), "{name}: extension-release lacks {line}:\n{text}");
+        }
+        let Some((ok, text)) = support::dissect::validate(&image, &[&format!("--root-hash={root_hash}"), support::dissect::STRICT])
+        else {
+            return;
+        };
+        assert!(ok, "{name}: systemd-dissect --validate under the strict sysext policy:\n{text}");
+    }
+    // The graphics extension leaves out the initramfs-tools that plymouth pulls in.
+    let graphics = s.out.join("graphics.sysext.raw");
+    let parts = partitions(&graphics);
+    let data = dir.path().join("g.data");
+    extract(&graphics, (parts[0].1, parts[0].2), &data);
+    let (_, listing) = run(Command::new("unsquashfs").args(["-lls", "-d", ""]).arg(&data));
+    assert!(!listing.lines().filter_map(listed_path).any(|p| p == "/usr/sbin/mkinitramfs"), "mkinitramfs is in the graphics extension");
+    // What is not in an image is listed, not dropped silently.
+    let network = sysext_entry(&s.out, "network");
+    let left_out: Vec<&str> = network["left_out"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert!(left_out.contains(&"etc/ssh/sshd_config"), "{left_out:?}");
+    assert!(!left_out.iter().any(|p| p.starts_with("etc/ssh/ssh_host_")), "host keys must never be built into a layer: {left_out:?}");
+}
+
+// ---- merged (or refused) by systemd in the booted initrd ---------------------------------
+
+/// An extra initrd member as systemd-stub would add one: `image` at
+/// `/.extra/sysext/network.sysext.raw`, plus a unit that runs the extension's `sshd -V`
+/// after systemd-sysext and a drop-in that makes systemd-sysext say why it refuses.
+fn extra_member(dir: &Path, image: &Path) -> PathBuf {
+    let tree = dir.join("extra");
+    let sysext = tree.join(".extra/sysext");
+    std::fs::create_dir_all(&sysext).unwrap();
+    let copy = sysext.join("network.sysext.raw");
+    std::fs::copy(image, &copy).unwrap();
+    let units = tree.join("etc/systemd/system");
+    std::fs::create_dir_all(units.join("initrd.target.wants")).unwrap();
+    std::fs::create_dir_all(units.join("systemd-sysext.service.d")).unwrap();
+    std::fs::write(
+        units.join("strata-e2e-ext.service"),
+        format!(
+            "[Unit]\nDescription=strata e2e: run the extension's sshd\nDefaultDependencies=no\n\
+             After=systemd-sysext.service\nBefore=initrd.target\n\n[Service]\nType=oneshot\n\
+             ExecStart=/usr/bin/bash -c 'echo \"{RAN} $$(/usr/sbin/sshd -V 2>&1)\"'\n\
+             StandardOutput=journal+console\nStandardError=journal+console\n"
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../strata-e2e-ext.service", units.join("initrd.target.wants/strata-e2e-ext.service")).unwrap();
+    std::fs::write(
+        units.join("systemd-sysext.service.d/debug.conf"),
+        "[Service]\nEnvironment=SYSTEMD_LOG_LEVEL=debug SYSTEMD_LOG_TARGET=console\nStandardError=journal+console\n",
+    )
+    .unwrap();
+    // systemd-stub's modes: directories 0555, the image 0444.
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o444)).unwrap();
+    for d in [&sysext, &tree.join(".extra")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let member = dir.join("extra.cpio");
+    let o = strata(&["cpio", tree.to_str().unwrap(), "-o", member.to_str().unwrap(), "--compression", "none"], &[], &[]);
+    assert_ok(&o, "strata cpio of the extra member");
+    member
+}
+
+/// Boot the build's kernel with its initrd plus [`extra_member`] of `image`, without a root
+/// disk, until the extension's command has run; returns the console.
+fn boot_with(s: &Signed, image: &Path) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let member = extra_member(dir.path(), image);
+    let mut initrd = std::fs::read(product_file(&s.out, "initrd")).unwrap();
+    initrd.resize(initrd.len().next_multiple_of(4), 0);
+    initrd.extend(std::fs::read(&member).unwrap());
+    let combined = dir.path().join("initrd.img");
+    std::fs::write(&combined, initrd).unwrap();
+    let start = Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-m", "1536", "-nographic", "-no-reboot", "-kernel"])
+        .arg(product_file(&s.out, "kernel"))
+        .arg("-initrd")
+        .arg(&combined)
+        .args(["-append", "console=ttyS0 panic=-1 systemd.show_status=1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A watchdog: qemu is killed after the deadline even if the console stays silent.
+    let (done, stop) = std::sync::mpsc::channel::<()>();
+    let pid = nix::unistd::Pid::from_raw(qemu.id() as i32);
+    let watchdog = std::thread::spawn(move || {
+        if stop.recv_timeout(Duration::from_secs(480)).is_err() {
+            eprintln!("qemu ran past 480 s; killing it");
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    });
+    let mut console = String::new();
+    for line in BufReader::new(qemu.stdout.take().unwrap()).split(b'\n') {
+        let Ok(line) = line else { break };
+        let line = String::from_utf8_lossy(&line).into_owned();
+        console.push_str(&line);
+        console.push('\n');
+        if line.contains(RAN) && !line.contains("echo") {
+            break;
+        }
+    }
+    qemu.kill().unwrap();
+    qemu.wait().unwrap();
+    done.send(()).unwrap();
+    watchdog.join().unwrap();
+    eprintln!("qemu stopped after {:.1?}", start.elapsed());
+    console
+}
+
+fn tail(console: &str) -> String {
+    let lines: Vec<&str> = console.lines().collect();
+    lines[lines.len().saturating_sub(80)..].join("\n")
+}
+
+/// The line the extension's command printed.
+fn ran_line(console: &str) -> &str {
+    console.lines().find(|l| l.contains(RAN) && !l.contains("echo")).unwrap_or_else(|| panic!("the check unit never ran:\n{}", tail(console)))
+}
+
+#[test]
+fn signed_extension_is_merged_in_the_booted_initrd() {
+    let _s = serial();
+    if !have_tools(&["podman", "qemu-system-x86_64"]) {
+        return;
+    }
+    let s = signed();
+    let console = boot_with(s, &s.out.join("network.sysext.raw"));
+    assert!(console.contains("Userspace PKCS#7 validation succeeded"), "no signature check:\n{}", tail(&console));
+    assert!(console.contains("Merged extensions into '/usr'"), "not merged:\n{}", tail(&console));
+    let ran = ran_line(&console);
+    assert!(ran.contains("OpenSSH_"), "the extension's sshd did not run: {ran}\n{}", tail(&console));
+}
+
+#[test]
+fn tampered_extension_is_refused_by_dm_verity() {
+    let _s = serial();
+    if !have_tools(&["podman", "qemu-system-x86_64", "sfdisk"]) {
+        return;
+    }
+    let s = signed();
+    let dir = tempfile::tempdir().unwrap();
+    let image = s.out.join("network.sysext.raw");
+    let (_, start, size) = partitions(&image)[0].clone();
+    let mut bytes = std::fs::read(&image).unwrap();
+    // A byte of the data partition that squashfs itself never reads (past its bytes_used,
+    // superblock offset 40), so only dm-verity can notice it.
+    let used = u64::from_le_bytes(bytes[start as usize + 40..start as usize + 48].try_into().unwrap());
+    assert!(used < size, "the squashfs fills its partition; pick another byte to flip");
+    let at = (start + size - 1) as usize;
+    bytes[at] ^= 0x5a;
+    let tampered = dir.path().join("network.sysext.raw");
+    std::fs::write(&tampered, bytes).unwrap();
+    let console = boot_with(s, &tampered);
+    assert!(console.contains("Verity device detected corruption"), "dm-verity did not report the flipped byte:\n{}", tail(&console));
+    assert!(!console.contains("Merged extensions into '/usr'"), "a tampered image was merged:\n{}", tail(&console));
+    assert!(!ran_line(&console).contains("OpenSSH_"), "the tampered extension's sshd ran");
+}
+
+#[test]
+fn unsigned_extension_is_refused_by_the_signed_initrd() {
+    let _s = serial();
+    if !have_tools(&["podman", "qemu-system-x86_64"]) {
+        return;
+    }
+    let s = signed();
+    // The same extension built without a key (its layer comes from the cache).
+    let out = s.dir.join("unsigned");
+    let o = build_with(&default_set(), &s.cache, &out, &[], &["--extension", "network"]);
+    assert_ok(&o, "unsigned build");
+    assert!(stderr(&o).contains("the extension images are unsigned"), "no warning about unsigned images:\n{}", stderr(&o));
+    assert_eq!(sysext_entry(&out, "network")["signed"], false);
+    let console = boot_with(s, &out.join("network.sysext.raw"));
+    assert!(console.contains("'signed+absent' was required"), "no policy refusal:\n{}", tail(&console));
+    assert!(!console.contains("Merged extensions into '/usr'"), "an unsigned image was merged:\n{}", tail(&console));
+    assert!(!ran_line(&console).contains("OpenSSH_"), "the unsigned extension's sshd ran");
+}
+
+// ---- reproducible, cached ---------------------------------------------------------------
+
+#[test]
+fn two_builds_from_empty_caches_are_byte_identical() {
+    let _s = serial();
+    if !have_tools(&["podman"]) {
+        return;
+    }
+    let s = signed();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let sign = ["--key", s.key.to_str().unwrap(), "--cert", s.cert.to_str().unwrap(), "--extension", "network"];
+    let o = build_with(&default_set(), &dir.path().join("cache"), &out, &[], &sign);
+    assert_ok(&o, "second clean build");
+    for file in ["vmlinuz", "initrd.cpio.zst", "network.sysext.raw"] {
+        let (a, c) = (s.out.join(file), out.join(file));
+        let st = Command::new("cmp").arg(&a).arg(&c).status().unwrap();
+        assert!(st.success(), "{file} differs between two clean builds: cmp {} {}", a.display(), c.display());
+    }
+}
+
+#[test]
+fn noop_rebuild_with_extensions_starts_no_container() {
+    let _s = serial();
+    if !have_tools(&["podman"]) {
+        return;
+    }
+    let s = signed();
+    let out = s.dir.join("noop");
+    let sign = ["--key", s.key.to_str().unwrap(), "--cert", s.cert.to_str().unwrap()];
+    let o = build_with(&default_set(), &s.cache, &out, &[("CONTAINER_HOST", "unix:///nonexistent/strata-e2e.sock")], &sign);
+    assert_ok(&o, "no-op rebuild");
+    assert!(stderr(&o).contains("built=[]"), "{}", stderr(&o));
+    for (name, _) in CURATED {
+        let file = format!("{name}.sysext.raw");
+        assert_eq!(std::fs::read(s.out.join(&file)).unwrap(), std::fs::read(out.join(&file)).unwrap(), "{file} differs");
+    }
+}
+
+// ---- bad input ---------------------------------------------------------------------------
+
+#[test]
+fn bad_keys_are_clear_errors_before_anything_is_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("out");
+    let keygen = |name: &str| {
+        let d = dir.path().join(name);
+        assert_ok(&strata(&["keygen", "-o", d.to_str().unwrap()], &[], &[]), "keygen");
+        (d.join("sysext.key"), d.join("sysext.crt"))
+    };
+    let (key_a, _) = keygen("a");
+    let (_, cert_b) = keygen("b");
+    let o = build_with(&default_set(), &cache, &out, &[], &["--key", key_a.to_str().unwrap(), "--cert", cert_b.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("do not go together"), "{}", stderr(&o));
+
+    let ec = dir.path().join("ec.key");
+    let (ok, text) = run(Command::new("openssl").args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"]).arg(&ec));
+    assert!(ok, "openssl genpkey: {text}");
+    let o = build_with(&default_set(), &cache, &out, &[], &["--key", ec.to_str().unwrap(), "--cert", cert_b.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains(&format!("loading the signing key {}", ec.display())), "{err}");
+
+    let o = build_with(&default_set(), &cache, &out, &[], &["--key", key_a.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--cert"), "{}", stderr(&o));
+
+    let missing = dir.path().join("nope.key");
+    let o = build_with(&default_set(), &cache, &out, &[], &["--key", missing.to_str().unwrap(), "--cert", cert_b.to_str().unwrap()]);
+    assert!(stderr(&o).contains(&format!("reading the signing key {}", missing.display())), "{}", stderr(&o));
+    assert!(!cache.exists() && !out.exists(), "nothing may be written for bad keys");
+}
+
+/// A layer set with the default base and one extension file.
+fn set_with_extension(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let set = dir.join("set");
+    std::fs::create_dir_all(&set).unwrap();
+    std::fs::copy(default_set().join("base.toml"), set.join("base.toml")).unwrap();
+    std::fs::write(set.join(format!("{name}.toml")), text).unwrap();
+    set
+}
+
+#[test]
+fn extensions_that_add_nothing_or_replace_base_files_are_refused() {
+    let _s = serial();
+    if !have_tools(&["podman"]) {
+        return;
+    }
+    let s = signed();
+    let dir = tempfile::tempdir().unwrap();
+    // Every package already in the base: nothing to merge.
+    let set = set_with_extension(dir.path(), "nothing", "[extension]\npackages = [\"bash\", \"kmod\"]\n");
+    let out = dir.path().join("out");
+    let o = build_with(&set, &s.cache, &out, &[], &[]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("extension `nothing`") && err.contains("installs nothing under /usr or /opt"), "{err}");
+
+    // A file that would shadow a base file (the base's os-release, from base-files).
+    let set2 = dir.path().join("two");
+    std::fs::create_dir_all(&set2).unwrap();
+    let set2 = set_with_extension(&set2, "shadow", "[extension]\npackages = [\"less\"]\nfiles = [{ source = \"os-release\", path = \"usr/lib/os-release\" }]\n");
+    std::fs::write(set2.join("os-release"), "ID=evil\n").unwrap();
+    let o = build_with(&set2, &s.cache, &out, &[], &[]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("changes base files: /usr/lib/os-release (package base-files)"), "{err}");
+    let index = std::fs::read_to_string(s.cache.join("oci/index.json")).unwrap();
+    assert!(!index.contains("strata.ext-nothing.") && !index.contains("strata.ext-shadow."), "a refused extension was stored");
+    assert!(!out.join("products.json").exists(), "products were written for a refused extension");
+}
