@@ -15,7 +15,7 @@ use strata_format::sysext::{self, Class, ExtensionRelease, ImageOptions};
 use tracing::{info, warn};
 
 use crate::build::oci;
-use crate::config::Extension;
+use crate::config::{Extension, Filesystem};
 use crate::digest::{Digest, canonical_json};
 use crate::plan::{LAYER_FORMAT, STRATA_VERSION};
 use crate::products::Product;
@@ -84,6 +84,14 @@ pub fn release(os_release: &str, arch: Arch, x: &Extension) -> ExtensionRelease 
     r
 }
 
+/// Makes an erofs file system from a tar (strata has no erofs writer of its own; the build
+/// runs `mkfs.erofs` in the builder container).
+#[allow(async_fn_in_trait)] // implemented and awaited inside strata only; no Send bound needed
+pub trait ErofsMaker {
+    /// The erofs image of the tree in `tar`, with file system UUID `uuid`, built at `epoch`.
+    async fn erofs(&self, tar: Vec<u8>, uuid: &str, epoch: u64) -> Result<Vec<u8>>;
+}
+
 #[derive(Serialize)]
 struct ImageKey<'a> {
     strata: &'a str,
@@ -93,12 +101,16 @@ struct ImageKey<'a> {
     class: &'a str,
     release: &'a str,
     certificate: Option<&'a str>,
-    squashfs: String,
+    filesystem: String,
 }
+
+/// What `mkfs.erofs` is asked for (part of the image key).
+pub const EROFS_OPTIONS: &str = "mkfs.erofs -zlz4hc --mkfs-time";
 
 /// Make (or take from the store) the images of extension `x` from its layer blob and write
 /// them into `output`. Returns their products.
-pub fn write_images(
+#[allow(clippy::too_many_arguments)]
+pub async fn write_images(
     store: &Store,
     x: &Extension,
     layer_blob: &Digest,
@@ -106,6 +118,7 @@ pub fn write_images(
     epoch: u64,
     signing: Option<&Signing>,
     output: &Path,
+    erofs: &impl ErofsMaker,
 ) -> Result<Vec<Product>> {
     let mut classes = vec![Class::Sysext];
     if x.confext {
@@ -131,7 +144,10 @@ pub fn write_images(
             class: class_name,
             release: &release.render_as(class),
             certificate: signing.map(|s| s.fingerprint.as_str()),
-            squashfs: format!("{:?}", o.squashfs),
+            filesystem: match x.filesystem {
+                Filesystem::Squashfs => format!("{:?}", o.squashfs),
+                Filesystem::Erofs => EROFS_OPTIONS.to_string(),
+            },
         };
         let ref_name = format!("strata.image.{}", Digest::of(&canonical_json(&key)).hex());
         let file = class.file_name(&x.name);
@@ -159,8 +175,20 @@ pub fn write_images(
                     Class::Sysext => split.usr_opt,
                     _ => split.etc,
                 };
-                let image = sysext::build_image(&part, release, &x.name, signing.map(|s| &s.signer), &o)
-                    .with_context(|| format!("making {file} from extension `{}` ({})", x.name, x.file.display()))?;
+                let what = || format!("making {file} from extension `{}` ({})", x.name, x.file.display());
+                let signer = signing.map(|s| &s.signer);
+                let image = match x.filesystem {
+                    Filesystem::Squashfs => sysext::build_image(&part, release, &x.name, signer, &o).with_context(what)?,
+                    Filesystem::Erofs => {
+                        let tree = sysext::filesystem_layer(&part, release, &x.name, &o).with_context(what)?;
+                        drop(part);
+                        let mut tar = Vec::with_capacity(tree.data_size() as usize);
+                        tree.write_tar(&mut tar)?;
+                        let uuid = content_uuid(&tar);
+                        let fs = erofs.erofs(tar, &uuid, epoch).await.with_context(what)?;
+                        sysext::image_from_filesystem(fs, release.architecture, signer).with_context(what)?
+                    }
+                };
                 let digest = store.put_blob(&image.bytes)?;
                 let left_blob = store.put_blob(&serde_json::to_vec(&left_out)?)?;
                 let root_hash = image.root_hash.to_string();
@@ -208,6 +236,16 @@ pub fn write_images(
         });
     }
     Ok(products)
+}
+
+/// A UUID (version 4 layout) derived from `data`, so two builds of a file system agree.
+fn content_uuid(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    let mut b: [u8; 16] = sha2::Sha256::digest(data)[..16].try_into().expect("16 bytes");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 
 /// An image taken from the store.
@@ -290,6 +328,17 @@ mod tests {
         .unwrap();
         assert_eq!(left_out_of(&l, false), ["etc/ssh/sshd_config", "var/lib/x"]);
         assert_eq!(left_out_of(&l, true), ["var/lib/x"]);
+    }
+
+    #[test]
+    fn content_uuids_are_stable_version_4_uuids() {
+        let u = content_uuid(b"strata");
+        assert_eq!(u, content_uuid(b"strata"));
+        assert_ne!(u, content_uuid(b"strata2"));
+        let parts: Vec<usize> = u.split('-').map(str::len).collect();
+        assert_eq!(parts, [8, 4, 4, 4, 12]);
+        assert_eq!(&u[14..15], "4");
+        assert!("89ab".contains(&u[19..20]), "{u}");
     }
 
     #[test]

@@ -315,6 +315,37 @@ fn unsigned_extension_is_refused_by_the_signed_initrd() {
     assert!(!ran_line(&console).contains("OpenSSH_"), "the unsigned extension's sshd ran");
 }
 
+#[test]
+fn erofs_extension_is_checked_and_merged_in_the_booted_initrd() {
+    let _s = serial();
+    if !have_tools(&["podman", "qemu-system-x86_64", "sfdisk", "veritysetup", "fsck.erofs"]) {
+        return;
+    }
+    let s = signed();
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(default_set().join("network.toml")).unwrap() + "filesystem = \"erofs\"\n";
+    let set = set_with_extension(dir.path(), "network", &text);
+    let out = dir.path().join("out");
+    let sign = ["--key", s.key.to_str().unwrap(), "--cert", s.cert.to_str().unwrap()];
+    assert_ok(&build_with(&set, &s.cache, &out, &[], &sign), "build with an erofs extension");
+    let image = out.join("network.sysext.raw");
+    let root_hash = sysext_entry(&out, "network")["root_hash"].as_str().unwrap().to_string();
+    let parts = partitions(&image);
+    let (data, hash) = (dir.path().join("data"), dir.path().join("hash"));
+    extract(&image, (parts[0].1, parts[0].2), &data);
+    extract(&image, (parts[1].1, parts[1].2), &hash);
+    let bytes = std::fs::read(&data).unwrap();
+    assert_eq!(bytes[1024..1028], 0xE0F5_E1E2u32.to_le_bytes(), "the data partition is not an erofs");
+    let (ok, text) = run(Command::new("fsck.erofs").arg(&data));
+    assert!(ok, "fsck.erofs: {text}");
+    let (ok, text) = run(Command::new("veritysetup").arg("verify").arg(&data).arg(&hash).arg(&root_hash));
+    assert!(ok, "veritysetup verify: {text}");
+    let console = boot_with(s, &image);
+    assert!(console.contains("Merged extensions into '/usr'"), "the erofs extension was not merged:\n{}", tail(&console));
+    let ran = ran_line(&console);
+    assert!(ran.contains("OpenSSH_"), "the erofs extension's sshd did not run: {ran}\n{}", tail(&console));
+}
+
 // ---- reproducible, cached ---------------------------------------------------------------
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod base;
 mod builder;
+mod erofs;
 pub mod extension;
 mod modules;
 pub mod oci;
@@ -92,16 +93,16 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
 
     let mut report = Report::default();
     let remote = remote_cache::RemoteCache::new(&opts.remote_cache)?;
-    let mut engine = Engine_::default();
+    let engine = LazyEngine { podman: tokio::sync::OnceCell::new(), builder: &builder };
     if obtain(&store, &remote, opts.rebuild, "base", &base_key, &base_ref, &mut report).await? {
-        base::build(&{ engine.connect().await?; Ctx { engine: engine.get(), set: &set, store: &store, builder: &builder, epoch } }, &base_key, &base_ref)
+        base::build(&Ctx { engine: engine.get().await?, set: &set, store: &store, builder: &builder, epoch }, &base_key, &base_ref)
             .instrument(info_span!("base_layer"))
             .await
             .with_context(|| format!("building the base layer of {} for {}/{}", set.name, set.distribution.id, set.distribution.release))?;
         report.built.push("base".into());
     }
     if obtain(&store, &remote, opts.rebuild, "kernel", &kernel_key, &kernel_ref, &mut report).await? {
-        modules::build(&{ engine.connect().await?; Ctx { engine: engine.get(), set: &set, store: &store, builder: &builder, epoch } }, &kernel_key, &kernel_ref)
+        modules::build(&Ctx { engine: engine.get().await?, set: &set, store: &store, builder: &builder, epoch }, &kernel_key, &kernel_ref)
             .instrument(info_span!("kernel_layer"))
             .await
             .with_context(|| format!("building the kernel layer ({}) of {}", set.kernel.package, set.name))?;
@@ -122,7 +123,7 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
         let key = plan::extension_key(&set, &builder, epoch, &base_blob, x);
         let name = plan::layer_ref(&kind, &key);
         if obtain(&store, &remote, opts.rebuild, &kind, &key, &name, &mut report).await? {
-            extension::build(&{ engine.connect().await?; Ctx { engine: engine.get(), set: &set, store: &store, builder: &builder, epoch } }, x, &base_ref, &key, &name)
+            extension::build(&Ctx { engine: engine.get().await?, set: &set, store: &store, builder: &builder, epoch }, x, &base_ref, &key, &name)
                 .instrument(info_span!("extension_layer", extension = %x.name))
                 .await
                 .with_context(|| format!("building the extension layer `{}` of {} ({})", x.name, set.name, x.file.display()))?;
@@ -133,11 +134,8 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
         extension_layers.push((*x, layer_blob(&store, &name)?));
     }
 
-    let products = {
-        let _span = info_span!("products").entered();
-        let inputs = ProductInputs { base_ref: &base_ref, kernel_ref: &kernel_ref, extensions: &extension_layers, signing: signing.as_ref() };
-        write_products(&set, &store, &inputs, layers, &opts.output)?
-    };
+    let inputs = ProductInputs { base_ref: &base_ref, kernel_ref: &kernel_ref, extensions: &extension_layers, signing: signing.as_ref() };
+    let products = write_products(&set, &store, &inputs, layers, &opts.output, &engine).instrument(info_span!("products")).await?;
     info!(elapsed = ?start.elapsed(), built = ?report.built, cached = ?report.cached, pulled = ?report.pulled, output = %opts.output.display(), "build finished");
     Ok((report, products))
 }
@@ -182,26 +180,28 @@ async fn obtain(
     Ok(true)
 }
 
-/// The container engine, connected the first time a layer has to be built (a build with
-/// every layer cached needs none).
-#[derive(Default)]
-struct Engine_ {
-    podman: Option<Podman>,
+/// The container engine (with the builder image), connected the first time a container is
+/// needed: a build with every layer and image cached needs none.
+struct LazyEngine<'a> {
+    podman: tokio::sync::OnceCell<Podman>,
+    builder: &'a str,
 }
 
-impl Engine_ {
-    async fn connect(&mut self) -> Result<()> {
-        if self.podman.is_none() {
-            let engine = Podman::connect().await.context("connecting to the container engine")?;
-            builder::ensure(&engine).await?;
-            self.podman = Some(engine);
-        }
-        Ok(())
+impl LazyEngine<'_> {
+    async fn get(&self) -> Result<&Podman> {
+        self.podman
+            .get_or_try_init(|| async {
+                let engine = Podman::connect().await.context("connecting to the container engine")?;
+                builder::ensure(&engine).await?;
+                Ok(engine)
+            })
+            .await
     }
+}
 
-    /// The engine [`Self::connect`] connected.
-    fn get(&self) -> &Podman {
-        self.podman.as_ref().expect("connect() first")
+impl crate::sysext::ErofsMaker for LazyEngine<'_> {
+    async fn erofs(&self, tar: Vec<u8>, uuid: &str, epoch: u64) -> Result<Vec<u8>> {
+        erofs::mkfs(self.get().await?, self.builder, tar, uuid, epoch).await
     }
 }
 
@@ -223,12 +223,13 @@ struct ProductInputs<'a> {
 
 /// Flatten the layers into the initrd, make the extension images, and write every product
 /// plus `products.json`.
-fn write_products(
+async fn write_products(
     set: &LayerSet,
     store: &Store,
     inputs: &ProductInputs<'_>,
     layers: Vec<products::LayerRecord>,
     output: &Path,
+    erofs: &impl crate::sysext::ErofsMaker,
 ) -> Result<Products> {
     let base = oci::get_manifest(store, inputs.base_ref)?.with_context(|| format!("layer {} vanished from the store", inputs.base_ref))?;
     let kernel =
@@ -279,9 +280,11 @@ fn write_products(
         let os_release = base_ann.get(oci::ANN_OS_RELEASE).context("base layer without an os-release annotation")?;
         let arch = crate::sysext::arch(&set.distribution.architecture)?;
         for (x, blob) in inputs.extensions {
-            let _span = info_span!("extension_image", extension = %x.name).entered();
             let release = crate::sysext::release(os_release, arch, x);
-            all.extend(crate::sysext::write_images(store, x, blob, &release, epoch, inputs.signing, output)?);
+            let images = crate::sysext::write_images(store, x, blob, &release, epoch, inputs.signing, output, erofs)
+                .instrument(info_span!("extension_image", extension = %x.name))
+                .await?;
+            all.extend(images);
         }
     }
     let mut products = Products::new(&set.name, all);

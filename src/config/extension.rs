@@ -6,6 +6,7 @@
 //! packages = ["openssh-server"]          # installed on top of the base packages
 //! remove = ["etc/ssh/ssh_host_*"]        # globs, in addition to the base layer's
 //! confext = false                        # also build NAME.confext.raw from /etc
+//! filesystem = "squashfs"                # or "erofs" (mkfs.erofs in the builder image)
 //! scope = ["initrd"]                     # SYSEXT_SCOPE of the extension-release
 //! reload-manager = true                  # systemd reloads after merging (units, generators)
 //! files = [{ source = "files/x.conf", path = "usr/lib/x.conf", mode = "0644" }]
@@ -35,11 +36,23 @@ pub struct Extension {
     pub files: Vec<ExtraFile>,
     /// Also build `NAME.confext.raw` from the layer's `/etc`.
     pub confext: bool,
+    /// The file system of the images.
+    pub filesystem: Filesystem,
     /// `SYSEXT_SCOPE`: where systemd merges it (`initrd`, `system`, `portable`).
     pub scope: Vec<String>,
     /// `EXTENSION_RELOAD_MANAGER=1`: systemd reloads its units after the merge, so the
     /// extension's units and generators take effect.
     pub reload_manager: bool,
+}
+
+/// The file system inside an extension image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filesystem {
+    /// strata's own squashfs writer (zstd).
+    Squashfs,
+    /// `mkfs.erofs` from erofs-utils in the builder image (lz4hc).
+    Erofs,
 }
 
 /// A file the user names explicitly, taken from the layer-set directory into the layer.
@@ -82,6 +95,7 @@ struct RawExtension {
     scope: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     reload_manager: bool,
+    filesystem: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -132,7 +146,28 @@ pub fn parse(file: &Path, text: &str, dir: &Path) -> Result<Extension, ConfigErr
             })
             .collect::<Result<_, _>>()?,
     };
-    Ok(Extension { name, file: file.to_path_buf(), packages, remove, files, confext: x.confext, scope, reload_manager: x.reload_manager })
+    let filesystem = match x.filesystem.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+        None | Some(("squashfs", _)) => Filesystem::Squashfs,
+        Some(("erofs", _)) => Filesystem::Erofs,
+        Some((other, span)) => {
+            return Err(err_at(
+                Some(span),
+                Some("extension.filesystem"),
+                format!("unknown file system `{other}`: use \"squashfs\" or \"erofs\""),
+            ));
+        }
+    };
+    Ok(Extension {
+        name,
+        file: file.to_path_buf(),
+        packages,
+        remove,
+        files,
+        confext: x.confext,
+        filesystem,
+        scope,
+        reload_manager: x.reload_manager,
+    })
 }
 
 fn extra_file(f: Spanned<RawExtraFile>, dir: &Path, err_at: &ErrAt) -> Result<ExtraFile, ConfigError> {
@@ -178,6 +213,7 @@ files = [{ source = "dhcp.network", path = "/usr/lib/systemd/network/80-dhcp.net
         assert_eq!(x.name, "network");
         assert_eq!(x.scope, ["initrd"]);
         assert!(!x.confext);
+        assert_eq!(x.filesystem, Filesystem::Squashfs);
         assert_eq!(x.remove, ["etc/ssh/ssh_host_*"]);
         assert_eq!(x.files[0].path, "usr/lib/systemd/network/80-dhcp.network");
         assert_eq!((x.files[0].mode, x.files[0].data.as_slice()), (0o644, &b"[Match]\nName=en*\n"[..]));
@@ -190,6 +226,7 @@ files = [{ source = "dhcp.network", path = "/usr/lib/systemd/network/80-dhcp.net
             ("[extension]\npackages = []\n", 2, Some("extension.packages"), "would hold nothing"),
             ("[extension]\npackages = [\"ok\"]\nscope = [\"usr\"]\n", 3, Some("extension.scope"), "unknown scope `usr`"),
             ("[extension]\npackages = [\"ok\"]\ncolour = 1\n", 3, Some("colour"), "unknown field"),
+            ("[extension]\npackages = [\"ok\"]\nfilesystem = \"ext4\"\n", 3, Some("extension.filesystem"), "unknown file system `ext4`"),
             (
                 "[extension]\npackages = [\"ok\"]\nfiles = [{ source = \"nope\", path = \"usr/x\" }]\n",
                 3,

@@ -14,7 +14,7 @@ use toml::Spanned;
 
 pub mod extension;
 
-pub use extension::{Extension, ExtraFile};
+pub use extension::{Extension, ExtraFile, Filesystem};
 
 /// The default mirror: Debian's main mirror network.
 pub const DEFAULT_DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
