@@ -102,6 +102,8 @@ struct ImageKey<'a> {
     release: &'a str,
     certificate: Option<&'a str>,
     filesystem: String,
+    /// Whether /etc goes into a confext: decides what the sysext lists as left out.
+    confext: bool,
 }
 
 /// What `mkfs.erofs` is asked for (part of the image key).
@@ -148,6 +150,7 @@ pub async fn write_images(
                 Filesystem::Squashfs => format!("{:?}", o.squashfs),
                 Filesystem::Erofs => EROFS_OPTIONS.to_string(),
             },
+            confext: x.confext,
         };
         let ref_name = format!("strata.image.{}", Digest::of(&canonical_json(&key)).hex());
         let file = class.file_name(&x.name);

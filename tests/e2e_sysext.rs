@@ -86,6 +86,29 @@ fn extract(image: &Path, (start, size): (u64, u64), to: &Path) {
     std::fs::write(to, data).unwrap();
 }
 
+/// The signature partition of `image` (systemd's JSON: rootHash, signature) checked with
+/// `openssl cms -verify` against `cert`, over the hex root hash as systemd passes it.
+fn verify_signature(image: &Path, part: &(String, u64, u64), root_hash: &str, cert: &Path, dir: &Path) {
+    use base64::Engine as _;
+    let sig = dir.join("sig.json");
+    extract(image, (part.1, part.2), &sig);
+    let raw = std::fs::read(&sig).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let json: serde_json::Value = serde_json::from_str(text.trim_end_matches('\0').trim_end()).unwrap();
+    assert_eq!(json["rootHash"], root_hash, "{}: the signature is for another root hash", image.display());
+    let der = base64::engine::general_purpose::STANDARD.decode(json["signature"].as_str().unwrap()).unwrap();
+    std::fs::write(dir.join("sig.der"), der).unwrap();
+    std::fs::write(dir.join("roothash.txt"), root_hash).unwrap();
+    let (ok, text) = run(Command::new("openssl")
+        .args(["cms", "-verify", "-binary", "-inform", "der", "-in", "sig.der", "-content", "roothash.txt", "-nointern"])
+        .arg("-certfile")
+        .arg(cert)
+        .arg("-CAfile")
+        .arg(cert)
+        .current_dir(dir));
+    assert!(ok, "{}: openssl cms -verify of the root hash signature: {text}", image.display());
+}
+
 /// The path of an `unsquashfs -lls -d ""` line (`-rw-r--r-- root/root 91 2026-11-21 09:15
 /// /usr/x`, symlinks with ` -> target`).
 fn listed_path(line: &str) -> Option<&str> {
@@ -101,7 +124,7 @@ fn run(cmd: &mut Command) -> (bool, String) {
 #[test]
 fn curated_extensions_pass_the_reference_tools() {
     let _s = serial();
-    if !have_tools(&["podman", "sfdisk", "veritysetup", "unsquashfs"]) {
+    if !have_tools(&["podman", "sfdisk", "veritysetup", "unsquashfs", "openssl"]) {
         return;
     }
     let s = signed();
@@ -138,6 +161,7 @@ fn curated_extensions_pass_the_reference_tools() {
         for line in ["ID=debian", "VERSION_ID=13", "ARCHITECTURE=x86-64", "SYSEXT_SCOPE=initrd", "EXTENSION_RELOAD_MANAGER=1"] {
             assert!(text.lines().any(|l| l == line), "{name}: extension-release lacks {line}:\n{text}");
         }
+        verify_signature(&image, &parts[2], &root_hash, &s.cert, dir.path());
         let Some((ok, text)) = support::dissect::validate(&image, &[&format!("--root-hash={root_hash}"), support::dissect::STRICT])
         else {
             return;
@@ -346,6 +370,41 @@ fn erofs_extension_is_checked_and_merged_in_the_booted_initrd() {
     assert!(ran.contains("OpenSSH_"), "the erofs extension's sshd did not run: {ran}\n{}", tail(&console));
 }
 
+#[test]
+fn confext_carries_the_extensions_etc() {
+    let _s = serial();
+    if !have_tools(&["podman", "sfdisk", "unsquashfs", "openssl"]) {
+        return;
+    }
+    let s = signed();
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(default_set().join("network.toml")).unwrap() + "confext = true\n";
+    let set = set_with_extension(dir.path(), "network", &text);
+    let out = dir.path().join("out");
+    let sign = ["--key", s.key.to_str().unwrap(), "--cert", s.cert.to_str().unwrap()];
+    assert_ok(&build_with(&set, &s.cache, &out, &[], &sign), "build with a confext");
+    let entry = products(&out)["products"].as_array().unwrap().iter().find(|p| p["kind"] == "confext").expect("a confext product").clone();
+    assert_eq!((entry["file"].as_str(), entry["signed"].as_bool()), (Some("network.confext.raw"), Some(true)));
+    let image = out.join("network.confext.raw");
+    let parts = partitions(&image);
+    assert_eq!(parts.len(), 3, "a signed confext has data, verity and signature partitions");
+    verify_signature(&image, &parts[2], entry["root_hash"].as_str().unwrap(), &s.cert, dir.path());
+    let data = dir.path().join("confext.data");
+    extract(&image, (parts[0].1, parts[0].2), &data);
+    let (ok, listing) = run(Command::new("unsquashfs").args(["-lls", "-d", ""]).arg(&data));
+    assert!(ok, "unsquashfs: {listing}");
+    let paths: Vec<&str> = listing.lines().filter_map(listed_path).collect();
+    for p in ["/etc/ssh/sshd_config", "/etc/extension-release.d/extension-release.network"] {
+        assert!(paths.contains(&p), "no {p} in the confext");
+    }
+    assert!(paths.iter().all(|p| p.starts_with("/etc")), "a confext holds /etc only: {paths:?}");
+    assert!(!paths.iter().any(|p| p.starts_with("/etc/ssh/ssh_host_")), "host keys in the confext");
+    let (_, release) = run(Command::new("unsquashfs").arg("-cat").arg(&data).arg("etc/extension-release.d/extension-release.network"));
+    assert!(release.lines().any(|l| l == "CONFEXT_SCOPE=initrd"), "{release}");
+    let left_out = &sysext_entry(&out, "network")["left_out"];
+    assert!(!left_out.as_array().unwrap().iter().any(|p| p.as_str().unwrap().starts_with("etc/")), "etc is in the confext: {left_out}");
+}
+
 // ---- reproducible, cached ---------------------------------------------------------------
 
 #[test]
@@ -382,6 +441,32 @@ fn noop_rebuild_with_extensions_starts_no_container() {
     for (name, _) in CURATED {
         let file = format!("{name}.sysext.raw");
         assert_eq!(std::fs::read(s.out.join(&file)).unwrap(), std::fs::read(out.join(&file)).unwrap(), "{file} differs");
+    }
+}
+
+#[test]
+fn extension_layers_travel_through_the_registry_cache() {
+    let _s = serial();
+    if !have_tools(&["podman"]) {
+        return;
+    }
+    let Some(addr) = support::registry() else { return };
+    let s = signed();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let repo = format!("{addr}/strata-test/ext-cache-{}-{nanos}", std::process::id());
+    let sign = ["--key", s.key.to_str().unwrap(), "--cert", s.cert.to_str().unwrap(), "--extension", "network"];
+    // The first machine publishes its layers (all cached locally: no container).
+    let dead = [("CONTAINER_HOST", "unix:///nonexistent/strata-e2e.sock")];
+    let o = build_with(&default_set(), &s.cache, &s.dir.join("pub"), &dead, &[&sign[..], &["--cache-to", &repo]].concat());
+    assert_ok(&o, "build --cache-to");
+    // A second machine with an empty store and no engine builds the same products from it.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = build_with(&default_set(), &dir.path().join("cache"), &out, &dead, &[&sign[..], &["--cache-from", &repo]].concat());
+    assert_ok(&o, "build --cache-from without an engine");
+    assert!(stderr(&o).contains("pulled=[\"base\", \"kernel\", \"ext-network\"]"), "{}", stderr(&o));
+    for file in ["initrd.cpio.zst", "network.sysext.raw"] {
+        assert_eq!(std::fs::read(s.out.join(file)).unwrap(), std::fs::read(out.join(file)).unwrap(), "{file} differs");
     }
 }
 

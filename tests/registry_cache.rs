@@ -35,6 +35,9 @@ fn build(cache: &Path, output: &Path, extra: &[&str]) -> Output {
         .arg(output)
         .arg("--cache-dir")
         .arg(cache)
+        // The fake layers stand for the base and kernel layers; extension layers are
+        // diffs against a real base (tests/e2e_sysext.rs).
+        .arg("--no-extensions")
         .args(extra)
         .env("SOURCE_DATE_EPOCH", fake_build::EPOCH.to_string())
         .env("CONTAINER_HOST", "unix:///nonexistent/podman.sock")

@@ -453,7 +453,7 @@ fn pull_with_cert_checks_the_sysext_signature() {
         assert!(!o.status.success());
         let err = stderr(&o);
         assert!(
-            err.contains("only a sysext carries a verity signature"),
+            err.contains("only a sysext or confext carries a verity signature"),
             "{what}: {err}"
         );
         assert!(files_in(&dest).is_empty());
