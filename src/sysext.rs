@@ -131,7 +131,9 @@ pub async fn write_images(
         squashfs: strata_format::squashfs::Options { mtime: u32::try_from(epoch).unwrap_or(u32::MAX), ..Default::default() },
     };
     let mut products = Vec::new();
-    let mut layer: Option<Layer> = None;
+    // The layer, split once into what each class carries, with the sysext's left-out paths;
+    // read only if an image is not cached.
+    let mut parts: Option<(sysext::Split, Vec<String>)> = None;
     for class in classes {
         let (kind, class_name) = match class {
             Class::Sysext => ("sysext", "sysext"),
@@ -161,30 +163,24 @@ pub async fn write_images(
                 (c.digest, c.bytes.len() as u64, c.root_hash, c.left_out)
             }
             None => {
-                let l = match layer.take() {
-                    Some(l) => l,
-                    None => oci::read_layer_blob(store, layer_blob)?,
-                };
                 let start = std::time::Instant::now();
-                let left_out = match class {
-                    Class::Sysext => left_out_of(&l, x.confext),
-                    _ => vec![],
-                };
-                let mut content = l.clone();
-                content.remove_where(|e| is_whiteout(&e.path));
-                let split = sysext::split_layer(content)?;
-                layer = Some(l);
-                let part = match class {
-                    Class::Sysext => split.usr_opt,
-                    _ => split.etc,
+                if parts.is_none() {
+                    let mut l = oci::read_layer_blob(store, layer_blob)?;
+                    let left_out = left_out_of(&l, x.confext);
+                    l.remove_where(|e| is_whiteout(&e.path));
+                    parts = Some((sysext::split_layer(l)?, left_out));
+                }
+                let (split, sysext_left_out) = parts.as_ref().expect("split above");
+                let (part, left_out) = match class {
+                    Class::Sysext => (&split.usr_opt, sysext_left_out.clone()),
+                    _ => (&split.etc, vec![]),
                 };
                 let what = || format!("making {file} from extension `{}` ({})", x.name, x.file.display());
                 let signer = signing.map(|s| &s.signer);
                 let image = match x.filesystem {
-                    Filesystem::Squashfs => sysext::build_image(&part, release, &x.name, signer, &o).with_context(what)?,
+                    Filesystem::Squashfs => sysext::build_image(part, release, &x.name, signer, &o).with_context(what)?,
                     Filesystem::Erofs => {
-                        let tree = sysext::filesystem_layer(&part, release, &x.name, &o).with_context(what)?;
-                        drop(part);
+                        let tree = sysext::filesystem_layer(part, release, &x.name, &o).with_context(what)?;
                         let mut tar = Vec::with_capacity(tree.data_size() as usize);
                         tree.write_tar(&mut tar)?;
                         let uuid = content_uuid(&tar);

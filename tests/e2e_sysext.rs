@@ -39,6 +39,25 @@ struct Signed {
     cert: PathBuf,
 }
 
+impl Signed {
+    /// `--key K --cert C` for `strata build`, then `extra`.
+    fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec!["--key", self.key.to_str().unwrap(), "--cert", self.cert.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        a
+    }
+
+    /// The default base with the network extension plus `line` in its table, built signed
+    /// from this cache into `dir/out`.
+    fn build_network_variant(&self, dir: &Path, line: &str) -> PathBuf {
+        let text = std::fs::read_to_string(default_set().join("network.toml")).unwrap() + line + "\n";
+        let set = set_with_extension(dir, "network", &text);
+        let out = dir.join("out");
+        assert_ok(&build_with(&set, &self.cache, &out, &[], &self.args(&[])), &format!("build with `{line}`"));
+        out
+    }
+}
+
 /// `strata keygen`, then the default set with all its extensions, signed, from an empty cache.
 fn signed() -> &'static Signed {
     static SIGNED: OnceLock<Signed> = OnceLock::new();
@@ -84,6 +103,18 @@ fn extract(image: &Path, (start, size): (u64, u64), to: &Path) {
     let mut data = vec![0; size as usize];
     f.read_exact(&mut data).unwrap();
     std::fs::write(to, data).unwrap();
+}
+
+/// The data partition of `image`, extracted into `dir`, after `veritysetup verify` of it and
+/// its hash partition with `root_hash` (the one products.json lists).
+fn verity_verified_data(image: &Path, parts: &[(String, u64, u64)], root_hash: &str, dir: &Path) -> PathBuf {
+    let stem = image.file_name().unwrap().to_string_lossy();
+    let (data, hash) = (dir.join(format!("{stem}.data")), dir.join(format!("{stem}.hash")));
+    extract(image, (parts[0].1, parts[0].2), &data);
+    extract(image, (parts[1].1, parts[1].2), &hash);
+    let (ok, text) = run(Command::new("veritysetup").arg("verify").arg(&data).arg(&hash).arg(root_hash));
+    assert!(ok, "{}: veritysetup verify with the root hash of products.json: {text}", image.display());
+    data
 }
 
 /// The signature partition of `image` (systemd's JSON: rootHash, signature) checked with
@@ -141,11 +172,7 @@ fn curated_extensions_pass_the_reference_tools() {
             ["4f68bce3-e8cd-4db1-96e7-fbcaf984b709", "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5", "41092b05-9fc8-4523-994f-2def0408b176"],
             "{name}: not the x86-64 root, root-verity and root-verity-sig partition types"
         );
-        let (data, hash) = (dir.path().join(format!("{name}.data")), dir.path().join(format!("{name}.hash")));
-        extract(&image, (parts[0].1, parts[0].2), &data);
-        extract(&image, (parts[1].1, parts[1].2), &hash);
-        let (ok, text) = run(Command::new("veritysetup").arg("verify").arg(&data).arg(&hash).arg(&root_hash));
-        assert!(ok, "{name}: veritysetup verify with the root hash of products.json: {text}");
+        let data = verity_verified_data(&image, &parts, &root_hash, dir.path());
 
         let (ok, listing) = run(Command::new("unsquashfs").args(["-lls", "-d", ""]).arg(&data));
         assert!(ok, "{name}: unsquashfs -lls: {listing}");
@@ -347,23 +374,15 @@ fn erofs_extension_is_checked_and_merged_in_the_booted_initrd() {
     }
     let s = signed();
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(default_set().join("network.toml")).unwrap() + "filesystem = \"erofs\"\n";
-    let set = set_with_extension(dir.path(), "network", &text);
-    let out = dir.path().join("out");
-    let sign = ["--key", s.key.to_str().unwrap(), "--cert", s.cert.to_str().unwrap()];
-    assert_ok(&build_with(&set, &s.cache, &out, &[], &sign), "build with an erofs extension");
+    let out = s.build_network_variant(dir.path(), "filesystem = \"erofs\"");
     let image = out.join("network.sysext.raw");
     let root_hash = sysext_entry(&out, "network")["root_hash"].as_str().unwrap().to_string();
     let parts = partitions(&image);
-    let (data, hash) = (dir.path().join("data"), dir.path().join("hash"));
-    extract(&image, (parts[0].1, parts[0].2), &data);
-    extract(&image, (parts[1].1, parts[1].2), &hash);
+    let data = verity_verified_data(&image, &parts, &root_hash, dir.path());
     let bytes = std::fs::read(&data).unwrap();
     assert_eq!(bytes[1024..1028], 0xE0F5_E1E2u32.to_le_bytes(), "the data partition is not an erofs");
     let (ok, text) = run(Command::new("fsck.erofs").arg(&data));
     assert!(ok, "fsck.erofs: {text}");
-    let (ok, text) = run(Command::new("veritysetup").arg("verify").arg(&data).arg(&hash).arg(&root_hash));
-    assert!(ok, "veritysetup verify: {text}");
     let console = boot_with(s, &image);
     assert!(console.contains("Merged extensions into '/usr'"), "the erofs extension was not merged:\n{}", tail(&console));
     let ran = ran_line(&console);
@@ -378,11 +397,7 @@ fn confext_carries_the_extensions_etc() {
     }
     let s = signed();
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(default_set().join("network.toml")).unwrap() + "confext = true\n";
-    let set = set_with_extension(dir.path(), "network", &text);
-    let out = dir.path().join("out");
-    let sign = ["--key", s.key.to_str().unwrap(), "--cert", s.cert.to_str().unwrap()];
-    assert_ok(&build_with(&set, &s.cache, &out, &[], &sign), "build with a confext");
+    let out = s.build_network_variant(dir.path(), "confext = true");
     let entry = products(&out)["products"].as_array().unwrap().iter().find(|p| p["kind"] == "confext").expect("a confext product").clone();
     assert_eq!((entry["file"].as_str(), entry["signed"].as_bool()), (Some("network.confext.raw"), Some(true)));
     let image = out.join("network.confext.raw");
@@ -416,7 +431,7 @@ fn two_builds_from_empty_caches_are_byte_identical() {
     let s = signed();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let sign = ["--key", s.key.to_str().unwrap(), "--cert", s.cert.to_str().unwrap(), "--extension", "network"];
+    let sign = s.args(&["--extension", "network"]);
     let o = build_with(&default_set(), &dir.path().join("cache"), &out, &[], &sign);
     assert_ok(&o, "second clean build");
     for file in ["vmlinuz", "initrd.cpio.zst", "network.sysext.raw"] {
@@ -434,7 +449,7 @@ fn noop_rebuild_with_extensions_starts_no_container() {
     }
     let s = signed();
     let out = s.dir.join("noop");
-    let sign = ["--key", s.key.to_str().unwrap(), "--cert", s.cert.to_str().unwrap()];
+    let sign = s.args(&[]);
     let o = build_with(&default_set(), &s.cache, &out, &[("CONTAINER_HOST", "unix:///nonexistent/strata-e2e.sock")], &sign);
     assert_ok(&o, "no-op rebuild");
     assert!(stderr(&o).contains("built=[]"), "{}", stderr(&o));
@@ -454,7 +469,7 @@ fn extension_layers_travel_through_the_registry_cache() {
     let s = signed();
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let repo = format!("{addr}/strata-test/ext-cache-{}-{nanos}", std::process::id());
-    let sign = ["--key", s.key.to_str().unwrap(), "--cert", s.cert.to_str().unwrap(), "--extension", "network"];
+    let sign = s.args(&["--extension", "network"]);
     // The first machine publishes its layers (all cached locally: no container).
     let dead = [("CONTAINER_HOST", "unix:///nonexistent/strata-e2e.sock")];
     let o = build_with(&default_set(), &s.cache, &s.dir.join("pub"), &dead, &[&sign[..], &["--cache-to", &repo]].concat());
