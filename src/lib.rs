@@ -1,25 +1,24 @@
 //! strata: Linux initrds and systemd system extensions built from distribution packages.
 //!
-//! The pipeline (see DESIGN.md): [`config`] → [`plan`] (cache keys) → [`engine`] (podman
-//! through its Docker-compatible API) → [`store`] (OCI image layout) → [`initrd`] (cpio)
-//! and the products listed in `products.json` ([`products`]).
+//! The pipeline (see ARCHITECTURE.md): [`config`] → [`plan`] (cache keys) → [`stage`] (each
+//! layer built in a container through [`engine`], the distribution's package manager behind
+//! [`distro`]) → [`store`] (OCI image layout) → [`products`] (initrd, sysexts,
+//! `products.json`) ↔ [`registry`] (push, pull, shared layer cache). [`pipeline`] drives a
+//! build from end to end.
 
-pub mod build;
+pub mod cli;
 pub mod cmd;
 pub mod config;
-pub mod debian;
 pub mod digest;
+pub mod distro;
 pub mod engine;
 pub mod fsread;
-pub mod initrd;
 pub mod keygen;
-pub mod kernel;
+pub mod pipeline;
 pub mod plan;
 pub mod products;
 pub mod progress;
-pub mod pull;
-pub mod push;
 pub mod registry;
+pub mod stage;
 pub mod store;
-pub mod sysext;
 pub mod vm;

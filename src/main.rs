@@ -6,160 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
+use strata::cli::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
-
-/// Build Linux initrds and signed system extensions from distribution packages,
-/// reproducibly, in rootless podman containers.
-#[derive(Parser, Debug)]
-#[command(name = "strata", version, about, long_about = None)]
-struct Cli {
-    /// More log output (-v: debug, including the package manager's output; -vv: trace).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
-    /// Log as JSON lines on stderr (for machines).
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Build a layer set: base layer, kernel + modules layer and extension layers, then the
-    /// kernel, the initrd, one NAME.sysext.raw per extension and products.json in the
-    /// output directory.
-    Build {
-        /// The layer set directory (holding base.toml).
-        #[arg(default_value = "layers/debian-trixie")]
-        layer_set: PathBuf,
-        /// Where the products and products.json go.
-        #[arg(short, long, default_value = "out")]
-        output: PathBuf,
-        /// The cache directory holding the OCI layer store
-        /// [default: $XDG_CACHE_HOME/strata or ~/.cache/strata].
-        #[arg(long, env = "STRATA_CACHE_DIR")]
-        cache_dir: Option<PathBuf>,
-        /// Rebuild every layer, even those the store already has.
-        #[arg(long)]
-        rebuild: bool,
-        /// A registry repository (host[:port]/repo, no tag) to pull layers the store lacks
-        /// from, before building them; layers are tagged KIND-<cache key hex>.
-        #[arg(long, value_name = "REPO")]
-        cache_from: Option<String>,
-        /// A registry repository (host[:port]/repo, no tag) to push the build's layers to.
-        #[arg(long, value_name = "REPO")]
-        cache_to: Option<String>,
-        /// Talk plain HTTP to the --cache-from/--cache-to registries (loopback always is).
-        #[arg(long)]
-        insecure: bool,
-        /// PEM private key (RSA) that signs the extension images' verity root hashes
-        /// (e.g. from `strata keygen`). Never put into any layer or product.
-        #[arg(long, requires = "cert", value_name = "FILE")]
-        key: Option<PathBuf>,
-        /// PEM certificate of --key: the initrd gets it in /etc/verity.d/ and merges only
-        /// extensions signed by that key.
-        #[arg(long, requires = "key", value_name = "FILE")]
-        cert: Option<PathBuf>,
-        /// Build only this extension of the layer set (repeatable); default: all of them.
-        #[arg(long = "extension", value_name = "NAME", conflicts_with = "no_extensions")]
-        extensions: Vec<String>,
-        /// Build no extension, only the kernel and the initrd.
-        #[arg(long)]
-        no_extensions: bool,
-    },
-    /// Write a directory tree as one compressed cpio (newc) initrd member, the way `build`
-    /// flattens a layer: sorted, inodes renumbered, hard links kept, 4-byte aligned.
-    Cpio {
-        /// The directory to archive (its contents; the directory itself is the root).
-        dir: PathBuf,
-        /// The output file.
-        #[arg(short, long)]
-        output: PathBuf,
-        /// none, zstd[:1-19], gzip[:1-9] or xz[:0-9].
-        #[arg(long, default_value = "zstd:19")]
-        compression: String,
-        /// Clamp mtimes to this time (default: $SOURCE_DATE_EPOCH if set, else unchanged).
-        #[arg(long)]
-        source_date_epoch: Option<u64>,
-    },
-    /// Push the products (as OCI artifacts) and layers of the last build to a registry:
-    /// REF (host[:port]/repo:TAG) gets an index of the products, REF-initrd, REF-kernel,
-    /// REF-sysext-NAME each product, repo:base-HEX and repo:kernel-HEX the layers.
-    Push {
-        /// Where to push, e.g. registry.example/initrd/debian-trixie:13.
-        reference: String,
-        /// The build output directory (with products.json).
-        #[arg(short, long, default_value = "out")]
-        output: PathBuf,
-        /// The cache directory holding the build's layer store
-        /// [default: $XDG_CACHE_HOME/strata or ~/.cache/strata].
-        #[arg(long, env = "STRATA_CACHE_DIR")]
-        cache_dir: Option<PathBuf>,
-        /// The org.opencontainers.image.version annotation [default: the tag].
-        #[arg(long)]
-        version: Option<String>,
-        /// The org.opencontainers.image.source annotation (the sources' URL).
-        #[arg(long)]
-        source: Option<String>,
-        /// Talk plain HTTP to the registry (loopback always is).
-        #[arg(long)]
-        insecure: bool,
-    },
-    /// Pull a product (or every product of a pushed build, given its index tag) from a
-    /// registry into a directory, verifying every digest.
-    Pull {
-        /// What to pull, e.g. registry.example/initrd/network:13 or …/debian-trixie:13-initrd.
-        reference: String,
-        /// The directory to write the product file(s) to (a sysext as NAME.sysext.raw).
-        #[arg(short, long)]
-        output: PathBuf,
-        /// Check a sysext against this certificate (PEM or DER) before installing it: the
-        /// PKCS#7 signature of its root hash, the partition UUIDs and the recomputed verity
-        /// tree. A failing image is not written.
-        #[arg(long, value_name = "CRT")]
-        cert: Option<PathBuf>,
-        /// The cache directory whose store downloads pass through
-        /// [default: $XDG_CACHE_HOME/strata or ~/.cache/strata].
-        #[arg(long, env = "STRATA_CACHE_DIR")]
-        cache_dir: Option<PathBuf>,
-        /// Talk plain HTTP to the registry (loopback always is).
-        #[arg(long)]
-        insecure: bool,
-    },
-    /// Make a development key and self-signed certificate for signing system extensions:
-    /// DIR/sysext.key (0600) and DIR/sysext.crt (for the initrd's /etc/verity.d/).
-    Keygen {
-        /// The directory to write sysext.key and sysext.crt to.
-        #[arg(short, long, default_value = "keys")]
-        output: PathBuf,
-        /// The certificate's subject common name.
-        #[arg(long, default_value = "strata development key")]
-        common_name: String,
-        /// Replace an existing key pair.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Boot a build's products under qemu, serial console on this terminal.
-    Vm {
-        /// The build output directory (with products.json).
-        #[arg(default_value = "out")]
-        output: PathBuf,
-        /// A raw disk image to attach as /dev/vda (root=/dev/vda is added).
-        #[arg(long)]
-        disk: Option<PathBuf>,
-        /// Extra kernel command-line arguments.
-        #[arg(long)]
-        append: Vec<String>,
-        /// Guest memory in MiB.
-        #[arg(long, default_value_t = 1024)]
-        memory: u32,
-        /// Use KVM acceleration.
-        #[arg(long)]
-        kvm: bool,
-    },
-}
 
 /// How push, pull and the remote build cache talk to registries.
 fn registry_client(insecure: bool) -> strata::registry::ClientOptions {
@@ -221,13 +71,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Some(d) => d,
                 None => default_cache_dir()?,
             };
-            let opts = strata::build::Options {
+            let opts = strata::pipeline::Options {
                 layer_set,
                 output,
                 cache_dir,
                 rebuild,
-                source_date_epoch: strata::build::source_date_epoch_from_env()?,
-                remote_cache: strata::build::remote_cache::Options {
+                source_date_epoch: strata::pipeline::source_date_epoch_from_env()?,
+                remote_cache: strata::registry::cache::Options {
                     from: cache_from,
                     to: cache_to,
                     client: registry_client(insecure),
@@ -239,7 +89,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     (false, false) => Some(extensions),
                 },
             };
-            let (_report, products) = strata::build::run(&opts).await?;
+            let (_report, products) = strata::pipeline::run(&opts).await?;
             for p in &products.products {
                 println!("{}\t{}\t{}", p.kind, opts.output.join(&p.file).display(), p.sha256);
             }
@@ -249,13 +99,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let compression: strata_format::compress::Compression = compression.parse()?;
             let epoch = match source_date_epoch {
                 Some(e) => Some(e),
-                None => strata::build::source_date_epoch_from_env()?,
+                None => strata::pipeline::source_date_epoch_from_env()?,
             };
             let mut layer = strata::fsread::read_tree(&dir)?;
             if let Some(e) = epoch {
                 layer.clamp_mtimes(e);
             }
-            let data = strata::initrd::write_member(&layer, compression)?;
+            let data = strata::products::initrd::write_member(&layer, compression)?;
             strata::store::write_atomic(&output, &data)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -264,8 +114,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Some(d) => d,
                 None => default_cache_dir()?,
             };
-            let opts = strata::push::Options { reference, output, cache_dir, version, source, client: registry_client(insecure) };
-            let summary = strata::push::run(&opts).await?;
+            let opts = strata::registry::push::Options { reference, output, cache_dir, version, source, client: registry_client(insecure) };
+            let summary = strata::registry::push::run(&opts).await?;
             for line in summary.lines() {
                 println!("{line}");
             }
@@ -276,8 +126,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Some(d) => d,
                 None => default_cache_dir()?,
             };
-            let opts = strata::pull::Options { reference, output, cache_dir, cert, client: registry_client(insecure) };
-            for p in strata::pull::run(&opts).await? {
+            let opts = strata::registry::pull::Options { reference, output, cache_dir, cert, client: registry_client(insecure) };
+            for p in strata::registry::pull::run(&opts).await? {
                 println!("{}\t{}\t{}\treceived {} bytes", p.kind, p.path.display(), p.digest, p.bytes_received);
             }
             Ok(ExitCode::SUCCESS)

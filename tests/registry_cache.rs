@@ -12,7 +12,7 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use strata::build::oci;
+use strata::store::image as oci;
 use strata::products;
 use strata::registry::{Client, ClientOptions};
 use strata::store::Store;

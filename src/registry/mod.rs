@@ -11,7 +11,11 @@
 //! committed against the digest and size its descriptor names: nothing unverified lands
 //! in the store.
 
+pub mod artifact;
 pub mod auth;
+pub mod cache;
+pub mod pull;
+pub mod push;
 mod blob;
 pub mod client;
 pub mod reference;

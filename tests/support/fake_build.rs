@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use strata::build::oci;
+use strata::store::image as oci;
 use strata::config::LayerSet;
 use strata::digest::Digest;
 use strata::plan;
@@ -27,7 +27,7 @@ pub fn layer_set_dir() -> PathBuf {
 /// set to [`EPOCH`].
 pub fn keys() -> (Digest, Digest) {
     let set = LayerSet::load(&layer_set_dir()).unwrap();
-    let builder = strata::build::builder_tag();
+    let builder = strata::pipeline::builder_tag();
     (
         plan::base_key(&set, &builder, Some(EPOCH)),
         plan::kernel_key(&set, &builder, Some(EPOCH)),

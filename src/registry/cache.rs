@@ -18,7 +18,7 @@
 use anyhow::{Context as _, Result, bail};
 use tracing::{info, warn};
 
-use super::oci;
+use crate::store::image as oci;
 use crate::digest::Digest;
 use crate::registry::{self, Client, ClientOptions, OCI_MANIFEST, PushOptions, Reference};
 use crate::store::Store;

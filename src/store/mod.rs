@@ -12,6 +12,8 @@
 //! Reads verify the digest; a blob that does not match is removed and reported, so the
 //! caller rebuilds it.
 
+pub mod image;
+
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};

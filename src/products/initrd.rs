@@ -16,7 +16,7 @@ use strata_format::cpio;
 use strata_format::layer::{Entry, EntryKind, Layer};
 use tracing::info;
 
-use crate::build::oci;
+use crate::store::image as oci;
 use crate::digest::Digest;
 use crate::plan;
 use crate::store::{Descriptor, Store};

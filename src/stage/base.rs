@@ -7,13 +7,14 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use strata_format::layer::{Entry, EntryKind, Layer, ReadOptions};
 use tracing::info;
 
-use super::{Ctx, in_container, oci, put_file};
-use crate::debian;
+use super::{Ctx, in_container, put_file};
+use crate::store::image as oci;
+use crate::distro::debian;
 use crate::digest::Digest;
 use crate::engine::{ContainerSpec, Engine};
 
-const FETCH_RELEASE: &str = include_str!("scripts/fetch-release.sh");
-const INSTALL_ROOT: &str = include_str!("scripts/install-root.sh");
+const FETCH_RELEASE: &str = include_str!("../distro/debian/scripts/fetch-release.sh");
+const INSTALL_ROOT: &str = include_str!("../distro/debian/scripts/install-root.sh");
 const TARGET: &str = "/root/target";
 /// The units that merge system and configuration extensions, enabled in the base layer.
 const EXTENSION_UNITS: [&str; 2] = ["systemd-sysext.service", "systemd-confext.service"];

@@ -1,28 +1,23 @@
-//! `strata build`: plan, build missing layers in containers, flatten, write products.
-
-mod base;
-mod builder;
-mod erofs;
-pub mod extension;
-mod modules;
-pub mod oci;
-pub mod remote_cache;
+//! `strata build`: plan, build missing layers in containers ([`crate::stage`]), flatten
+//! and package them ([`crate::products`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use tracing::{Instrument as _, info, info_span};
 
 use crate::config::LayerSet;
 use crate::digest::Digest;
 use crate::engine::podman::Podman;
-use crate::engine::{ContainerSpec, Engine, ExecOutput};
 use crate::plan;
 use crate::products::{self, Product, Products};
+use crate::registry::cache as remote_cache;
+use crate::stage::{Ctx, base, builder, erofs, extension, kernel};
 use crate::store::Store;
+use crate::store::image as oci;
 
-pub use builder::{BUILDER_CONTAINERFILE, builder_tag};
+pub use crate::stage::builder::{BUILDER_CONTAINERFILE, builder_tag};
 
 /// What `strata build` was asked to do.
 #[derive(Debug, Clone)]
@@ -73,7 +68,7 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
     let set = LayerSet::load(&opts.layer_set)?;
     let extensions = select_extensions(&set, opts.extensions.as_deref())?;
     let signing = match &opts.signing {
-        Some((key, cert)) => Some(crate::sysext::Signing::load(key, cert)?),
+        Some((key, cert)) => Some(crate::products::sysext::Signing::load(key, cert)?),
         None => None,
     };
     if signing.is_none() && !extensions.is_empty() {
@@ -102,7 +97,7 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
         report.built.push("base".into());
     }
     if obtain(&store, &remote, opts.rebuild, "kernel", &kernel_key, &kernel_ref, &mut report).await? {
-        modules::build(&Ctx { engine: engine.get().await?, set: &set, store: &store, builder: &builder, epoch }, &kernel_key, &kernel_ref)
+        kernel::build(&Ctx { engine: engine.get().await?, set: &set, store: &store, builder: &builder, epoch }, &kernel_key, &kernel_ref)
             .instrument(info_span!("kernel_layer"))
             .await
             .with_context(|| format!("building the kernel layer ({}) of {}", set.kernel.package, set.name))?;
@@ -199,7 +194,7 @@ impl LazyEngine<'_> {
     }
 }
 
-impl crate::sysext::ErofsMaker for LazyEngine<'_> {
+impl crate::products::sysext::ErofsMaker for LazyEngine<'_> {
     async fn erofs(&self, tar: Vec<u8>, uuid: &str, epoch: u64) -> Result<Vec<u8>> {
         erofs::mkfs(self.get().await?, self.builder, tar, uuid, epoch).await
     }
@@ -218,7 +213,7 @@ struct ProductInputs<'a> {
     kernel_ref: &'a str,
     /// Each extension with its layer blob.
     extensions: &'a [(&'a crate::config::Extension, Digest)],
-    signing: Option<&'a crate::sysext::Signing>,
+    signing: Option<&'a crate::products::sysext::Signing>,
 }
 
 /// Flatten the layers into the initrd, make the extension images, and write every product
@@ -229,7 +224,7 @@ async fn write_products(
     inputs: &ProductInputs<'_>,
     layers: Vec<products::LayerRecord>,
     output: &Path,
-    erofs: &impl crate::sysext::ErofsMaker,
+    erofs: &impl crate::products::sysext::ErofsMaker,
 ) -> Result<Products> {
     let base = oci::get_manifest(store, inputs.base_ref)?.with_context(|| format!("layer {} vanished from the store", inputs.base_ref))?;
     let kernel =
@@ -253,20 +248,20 @@ async fn write_products(
 
     std::fs::create_dir_all(output).with_context(|| format!("creating the output directory {}", output.display()))?;
     let mut members = vec![
-        crate::initrd::member(store, &base_blob, set.base.compression, true)?,
-        crate::initrd::member(store, &modules_blob, set.base.compression, false)?,
+        crate::products::initrd::member(store, &base_blob, set.base.compression, true)?,
+        crate::products::initrd::member(store, &modules_blob, set.base.compression, false)?,
     ];
     if let Some(signing) = inputs.signing {
         // Its own member, so the base layer (and its cached member) serve every key.
-        let data = crate::initrd::write_member(&crate::sysext::certificate_layer(signing, epoch)?, set.base.compression)?;
-        members.push(crate::initrd::Member { digest: Digest::of(&data), data });
+        let data = crate::products::initrd::write_member(&crate::products::sysext::certificate_layer(signing, epoch)?, set.base.compression)?;
+        members.push(crate::products::initrd::Member { digest: Digest::of(&data), data });
     }
     let initrd_name = match set.base.compression.extension() {
         Some(ext) => format!("initrd.cpio.{ext}"),
         None => "initrd.cpio".to_string(),
     };
     let initrd_path = output.join(&initrd_name);
-    let (sha256, size) = crate::initrd::concatenate(&members, &initrd_path)?;
+    let (sha256, size) = crate::products::initrd::concatenate(&members, &initrd_path)?;
     let initrd =
         Product::initrd(&initrd_name, sha256, size, set.base.compression, members.iter().map(|m| m.digest.to_string()).collect());
 
@@ -278,10 +273,10 @@ async fn write_products(
     let mut all = vec![kernel, initrd];
     if !inputs.extensions.is_empty() {
         let os_release = base_ann.get(oci::ANN_OS_RELEASE).context("base layer without an os-release annotation")?;
-        let arch = crate::sysext::arch(&set.distribution.architecture)?;
+        let arch = crate::products::sysext::arch(&set.distribution.architecture)?;
         for (x, blob) in inputs.extensions {
-            let release = crate::sysext::release(os_release, arch, x);
-            let images = crate::sysext::write_images(store, x, blob, &release, epoch, inputs.signing, output, erofs)
+            let release = crate::products::sysext::release(os_release, arch, x);
+            let images = crate::products::sysext::write_images(store, x, blob, &release, epoch, inputs.signing, output, erofs)
                 .instrument(info_span!("extension_image", extension = %x.name))
                 .await?;
             all.extend(images);
@@ -293,107 +288,3 @@ async fn write_products(
     Ok(products)
 }
 
-/// What build steps share.
-pub(crate) struct Ctx<'a, E: Engine> {
-    pub engine: &'a E,
-    pub set: &'a LayerSet,
-    pub store: &'a Store,
-    pub builder: &'a str,
-    pub epoch: Option<u64>,
-}
-
-/// Create a build container, run `work` in it, and remove the container afterwards: on
-/// success, on failure and on Ctrl-C.
-pub(crate) async fn in_container<E: Engine, T>(
-    engine: &E,
-    spec: &ContainerSpec,
-    work: impl AsyncFnOnce(&str) -> Result<T>,
-) -> Result<T> {
-    let id = engine.create(spec).await?;
-    let result = tokio::select! {
-        r = work(&id) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C); the build container is removed and nothing was stored")),
-    };
-    let removed = engine.remove(&id).await;
-    match (result, removed) {
-        (Ok(v), Ok(())) => Ok(v),
-        (Ok(_), Err(e)) => Err(e).context("removing the build container"),
-        (Err(e), Ok(())) => Err(e),
-        (Err(e), Err(rm)) => Err(e.context(format!("and removing the build container {id} failed too: {rm}"))),
-    }
-}
-
-/// Run a command in a container; a non-zero exit is an error carrying the output's tail.
-pub(crate) async fn run_checked<E: Engine>(engine: &E, id: &str, what: &str, argv: Vec<String>) -> Result<ExecOutput> {
-    let out = engine.exec(id, &argv).await?;
-    if out.exit_code != 0 {
-        bail!("{what} failed (exit code {}): `{}`\n--- last output ---\n{}", out.exit_code, argv.join(" "), out.tail_text());
-    }
-    Ok(out)
-}
-
-/// Put one file into a container directory.
-pub(crate) async fn put_file<E: Engine>(engine: &E, id: &str, dir: &str, name: &str, data: &[u8], mode: u32) -> Result<()> {
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(data.len() as u64);
-    h.set_mode(mode);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    tar.append_data(&mut h, name, data)?;
-    engine.put_archive(id, dir, tar.into_inner()?).await?;
-    Ok(())
-}
-
-/// The content of a single file from a container.
-pub(crate) async fn get_file<E: Engine>(engine: &E, id: &str, path: &str) -> Result<Vec<u8>> {
-    use std::io::Read as _;
-    let tar = engine.get_archive(id, path).await?;
-    let mut archive = tar::Archive::new(tar.as_slice());
-    let mut entries = archive.entries()?;
-    let mut entry = entries.next().with_context(|| format!("{path}: empty archive from the container"))??;
-    let mut data = Vec::new();
-    entry.read_to_end(&mut data)?;
-    Ok(data)
-}
-
-/// `KEY=value` lines of a script's stdout.
-pub(crate) fn output_values(stdout: &[u8], key: &str) -> Vec<String> {
-    let prefix = format!("{key}=");
-    String::from_utf8_lossy(stdout).lines().filter_map(|l| l.strip_prefix(&prefix).map(str::to_string)).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::fake::{Call, Fake};
-
-    #[tokio::test]
-    async fn container_is_removed_on_success_and_on_failure() {
-        let fake = Fake::default();
-        let spec = ContainerSpec { image: "img".into(), env: vec![], network: false, name_hint: "t".into() };
-        let v = in_container(&fake, &spec, async |_id: &str| Ok(7)).await.unwrap();
-        assert_eq!(v, 7);
-        let err = in_container(&fake, &spec, async |_id: &str| -> Result<()> { bail!("boom") }).await.unwrap_err();
-        assert_eq!(err.to_string(), "boom");
-        let removes = fake.calls().iter().filter(|c| matches!(c, Call::Remove(_))).count();
-        assert_eq!(removes, 2);
-    }
-
-    #[tokio::test]
-    async fn failed_command_reports_its_tail() {
-        let fake = Fake::default();
-        fake.exec_answers.lock().unwrap().push_back(ExecOutput { exit_code: 100, stdout: vec![], tail: vec!["E: something broke".into()] });
-        let err = run_checked(&fake, "id", "installing packages", vec!["mmdebstrap".into()]).await.unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("installing packages failed (exit code 100)") && text.contains("E: something broke"), "{text}");
-    }
-
-    #[test]
-    fn output_values_are_read_from_marked_lines() {
-        let out = b"noise\nSTRATA_KERNEL_VERSION=6.12.1-amd64\nSTRATA_FIRMWARE_MISSING=a.bin\nSTRATA_FIRMWARE_MISSING=b.bin\n";
-        assert_eq!(output_values(out, "STRATA_KERNEL_VERSION"), ["6.12.1-amd64"]);
-        assert_eq!(output_values(out, "STRATA_FIRMWARE_MISSING"), ["a.bin", "b.bin"]);
-    }
-}

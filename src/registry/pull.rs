@@ -3,7 +3,7 @@
 //!
 //! `REF` names a product artifact (`REPO:TAG-initrd`, `REPO:TAG-sysext-network`, …) or the
 //! index of a whole build (`REPO:TAG`: every product in it). Each manifest must be an OCI
-//! artifact of a type strata knows ([`crate::push::PRODUCT_TYPES`]) with exactly one blob of
+//! artifact of a type strata knows ([`crate::registry::artifact::PRODUCT_TYPES`]) with exactly one blob of
 //! that type's media type and a plain file name in `org.opencontainers.image.title`; a sysext's
 //! name must end in `.sysext.raw`. Everything is checked before any blob is downloaded.
 //! Blobs go through the local store (verified by digest and size on the way in), are hashed
@@ -25,7 +25,7 @@ use anyhow::{Context as _, Result, bail};
 use sha2::Digest as _;
 
 use crate::digest::Digest;
-use crate::push::{self, ANN_TITLE, PRODUCT_TYPES, ProductType};
+use crate::registry::artifact::{self, ANN_TITLE, PRODUCT_TYPES, ProductType};
 use crate::registry::{Client, ClientOptions, FetchedManifest, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Reference};
 use crate::store::{Descriptor, Store};
 use strata_format::ddi_verify;
@@ -109,7 +109,7 @@ fn check_product(media_type: &str, data: &[u8]) -> Result<Plan> {
             known_types()
         ),
     };
-    let Some(ptype) = push::product_type_of_artifact(&artifact_type) else {
+    let Some(ptype) = artifact::product_type_of_artifact(&artifact_type) else {
         bail!(
             "artifact type `{artifact_type}` is not a product strata knows (expected one of {})",
             known_types()
@@ -153,7 +153,7 @@ fn check_file_name(name: &str, ptype: ProductType) -> Result<()> {
             name.escape_debug()
         );
     }
-    if let Some(suffix) = crate::push::extension_suffix(ptype.kind)
+    if let Some(suffix) = artifact::extension_suffix(ptype.kind)
         && name.strip_suffix(suffix).is_none_or(str::is_empty)
     {
         bail!("the {} file name `{name}` does not end in {suffix}", ptype.kind);
@@ -214,7 +214,7 @@ pub async fn run(opts: &Options) -> Result<Vec<Pulled>> {
         }
         plans.push(plan);
     }
-    if let (Some(path), Some(plan)) = (&opts.cert, plans.iter().find(|p| crate::push::extension_suffix(p.ptype.kind).is_none())) {
+    if let (Some(path), Some(plan)) = (&opts.cert, plans.iter().find(|p| artifact::extension_suffix(p.ptype.kind).is_none())) {
         bail!(
             "--cert {}: only a sysext or confext carries a verity signature to check, and {reference} holds the {} `{}`; \
              pull it without --cert",
@@ -387,8 +387,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn manifest(kind: &str, file: &str) -> Vec<u8> {
-        let t = push::product_type(kind).unwrap();
-        push::artifact_manifest(t, file, Digest::of(b"x"), 1, &BTreeMap::new())
+        let t = artifact::product_type(kind).unwrap();
+        crate::registry::push::artifact_manifest(t, file, Digest::of(b"x"), 1, &BTreeMap::new())
     }
 
     #[test]
@@ -396,7 +396,7 @@ mod tests {
         let p = check_product(OCI_MANIFEST, &manifest("sysext", "network.sysext.raw")).unwrap();
         assert_eq!((p.ptype.kind, p.file.as_str()), ("sysext", "network.sysext.raw"));
         let p = check_product(OCI_MANIFEST, &manifest("initrd", "initrd.cpio.zst")).unwrap();
-        assert_eq!(p.blob.media_type, push::INITRD_IMAGE);
+        assert_eq!(p.blob.media_type, artifact::INITRD_IMAGE);
     }
 
     #[test]
@@ -405,7 +405,7 @@ mod tests {
         let m = manifest("sysext", "network.sysext.raw");
         let other = String::from_utf8(m.clone())
             .unwrap()
-            .replace(push::SYSEXT_ARTIFACT, "application/vnd.example.thing");
+            .replace(artifact::SYSEXT_ARTIFACT, "application/vnd.example.thing");
         assert!(err(OCI_MANIFEST, other.as_bytes()).contains("artifact type `application/vnd.example.thing`"));
         let wrong_blob = String::from_utf8(m.clone())
             .unwrap()

@@ -23,7 +23,7 @@ pub(crate) async fn mkfs<E: Engine>(engine: &E, builder: &str, tar: Vec<u8>, uui
     Ok(fs)
 }
 
-/// The `mkfs.erofs` command line (see [`crate::sysext::EROFS_OPTIONS`]).
+/// The `mkfs.erofs` command line (see [`crate::products::sysext::EROFS_OPTIONS`]).
 fn argv(uuid: &str, epoch: u64) -> Vec<String> {
     [
         "env",

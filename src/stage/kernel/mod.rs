@@ -2,20 +2,23 @@
 //! maintainer scripts, so no initramfs hooks), the selected modules with their dependency
 //! closure and firmware, depmod'ed; plus the kernel image.
 
+pub(crate) mod select;
+
 use std::collections::HashMap;
 
 use anyhow::{Context as _, Result, bail};
 use strata_format::layer::{Layer, ReadOptions};
 use tracing::{info, warn};
 
-use super::{Ctx, get_file, in_container, oci, output_values, put_file, run_checked};
+use crate::stage::{Ctx, get_file, in_container, output_values, put_file, run_checked};
+use crate::store::image as oci;
 use crate::digest::Digest;
 use crate::engine::{ContainerSpec, Engine};
-use crate::kernel::{Metadata, ModuleIndex};
+use crate::stage::kernel::select::{Metadata, ModuleIndex};
 
-const KERNEL_FETCH: &str = include_str!("scripts/kernel-fetch.sh");
-const KERNEL_ASSEMBLE: &str = include_str!("scripts/kernel-assemble.sh");
-const FETCH_RELEASE: &str = include_str!("scripts/fetch-release.sh");
+const KERNEL_FETCH: &str = include_str!("../../distro/debian/scripts/kernel-fetch.sh");
+const KERNEL_ASSEMBLE: &str = include_str!("../../distro/debian/scripts/kernel-assemble.sh");
+const FETCH_RELEASE: &str = include_str!("../../distro/debian/scripts/fetch-release.sh");
 
 struct Fetched {
     version: String,
@@ -41,14 +44,14 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
         }
         let epoch = match ctx.epoch {
             Some(e) => e,
-            None => crate::debian::release_date(&String::from_utf8_lossy(&rel.stdout))
+            None => crate::distro::debian::release_date(&String::from_utf8_lossy(&rel.stdout))
                 .with_context(|| format!("{}/dists/{}/InRelease has no readable Date: field", d.mirror, d.release))?,
         };
         let mut argv = vec!["sh".into(), "/strata-kernel-fetch.sh".into(), d.mirror.clone(), d.release.clone(), d.components.join(" "), k.package.clone()];
         argv.extend(k.firmware_packages.iter().cloned());
         let out = ctx.engine.exec(id, &argv).await?;
         if out.exit_code != 0 {
-            let missing = crate::debian::missing_packages(&out.tail_text());
+            let missing = crate::distro::debian::missing_packages(&out.tail_text());
             if !missing.is_empty() {
                 bail!("kernel or firmware package {} not found in {}/{} ({})", missing.join(", "), d.id, d.release, d.mirror);
             }

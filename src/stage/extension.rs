@@ -19,9 +19,10 @@ use strata_format::sysext::Class;
 use tracing::info;
 
 use super::base::{finalize, install_root, read_root};
-use super::{Ctx, in_container, oci};
+use super::{Ctx, in_container};
+use crate::store::image as oci;
 use crate::config::{Extension, LayerSet};
-use crate::debian;
+use crate::distro::debian;
 use crate::digest::Digest;
 use crate::engine::{ContainerSpec, Engine};
 

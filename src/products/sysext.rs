@@ -14,7 +14,7 @@ use strata_format::sign::{self, Signer};
 use strata_format::sysext::{self, Class, ExtensionRelease, ImageOptions};
 use tracing::{info, warn};
 
-use crate::build::oci;
+use crate::store::image as oci;
 use crate::config::{Extension, Filesystem};
 use crate::digest::{Digest, canonical_json};
 use crate::plan::{LAYER_FORMAT, STRATA_VERSION};

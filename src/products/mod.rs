@@ -12,6 +12,9 @@
 //! layers the products were made from: `[{"kind": "base", "key": "sha256:…", "manifest":
 //! "sha256:…"}, …]`.
 
+pub mod initrd;
+pub mod sysext;
+
 use std::path::Path;
 
 use anyhow::{Context as _, Result};

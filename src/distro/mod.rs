@@ -1,0 +1,3 @@
+//! The distribution boundary: everything a package manager decides lives behind it.
+
+pub mod debian;
