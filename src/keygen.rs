@@ -5,9 +5,10 @@
 //! certificate (`sysext.crt`, PEM) goes into the base initrd's `/etc/verity.d/` so that
 //! systemd there accepts extensions signed with the key.
 
+use crate::store::atomic::AtomicFile;
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -70,9 +71,6 @@ pub fn run(dir: &Path, common_name: &str, force: bool) -> Result<Written> {
     let cert_tmp = temp_file(dir, pair.certificate_pem.as_bytes(), 0o644)?;
     persist(key_tmp, &key, force)?;
     persist(cert_tmp, &certificate, force)?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
     Ok(Written {
         key,
         certificate,
@@ -80,30 +78,17 @@ pub fn run(dir: &Path, common_name: &str, force: bool) -> Result<Written> {
     })
 }
 
-/// A synced temporary file in `dir` holding `data`, with `mode`. tempfile creates it 0600,
-/// so the key is never readable by others, not even briefly.
-fn temp_file(dir: &Path, data: &[u8], mode: u32) -> Result<tempfile::NamedTempFile> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-keygen-")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(data)
-        .and_then(|()| tmp.as_file().sync_all())
-        .context("writing a temporary file")?;
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode)).context("setting permissions")?;
+/// A temporary file in `dir` holding `data`, with `mode` from the start (so the key is
+/// never readable by others, not even briefly).
+fn temp_file(dir: &Path, data: &[u8], mode: u32) -> Result<AtomicFile> {
+    let mut tmp = AtomicFile::new(dir, mode)?;
+    tmp.write_all(data).context("writing a temporary file")?;
     Ok(tmp)
 }
 
-fn persist(tmp: tempfile::NamedTempFile, path: &Path, force: bool) -> Result<()> {
-    let result = if force {
-        tmp.persist(path)
-    } else {
-        tmp.persist_noclobber(path)
-    };
-    result
-        .map(drop)
-        .map_err(|e| e.error)
-        .with_context(|| format!("writing {}", path.display()))
+fn persist(tmp: AtomicFile, path: &Path, force: bool) -> Result<()> {
+    let result = if force { tmp.commit(path) } else { tmp.commit_noclobber(path) };
+    result.with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod digest;
 pub mod distro;
 pub mod engine;
 pub mod fsread;
+pub mod interrupt;
 pub mod keygen;
 pub mod pipeline;
 pub mod plan;

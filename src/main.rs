@@ -52,7 +52,7 @@ fn init_logging(verbose: u8, json: bool) -> Option<indicatif::ProgressBar> {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
+async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<ExitCode> {
     match cli.command {
         Command::Build {
             layer_set,
@@ -88,6 +88,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     (false, true) => None,
                     (false, false) => Some(extensions),
                 },
+                cancel,
             };
             let (_report, products) = strata::pipeline::run(&opts).await?;
             for p in &products.products {
@@ -148,6 +149,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let spinner = init_logging(cli.verbose, cli.json);
+    // The one place signals are handled; the token goes down the pipeline.
+    let cancel = match strata::interrupt::install() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: watching for Ctrl-C: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -155,9 +164,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(cli));
+    let result = runtime.block_on(run(cli, cancel.clone()));
     if let Some(bar) = spinner {
         bar.finish_and_clear();
+    }
+    if cancel.is_cancelled() {
+        if let Err(e) = &result {
+            eprintln!("error: {e:#}");
+        }
+        // Blocking threads may still be compressing: do not wait for them.
+        runtime.shutdown_timeout(std::time::Duration::ZERO);
+        strata::interrupt::exit_now();
     }
     match result {
         Ok(code) => code,

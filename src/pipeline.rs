@@ -10,6 +10,7 @@ use tracing::{Instrument as _, info, info_span};
 use crate::config::LayerSet;
 use crate::digest::Digest;
 use crate::engine::podman::Podman;
+use crate::interrupt::CancellationToken;
 use crate::plan;
 use crate::products::{self, Product, Products};
 use crate::registry::cache as remote_cache;
@@ -36,6 +37,8 @@ pub struct Options {
     pub signing: Option<(PathBuf, PathBuf)>,
     /// `--extension`: build only these extensions (None: all of the set's; empty: none).
     pub extensions: Option<Vec<String>>,
+    /// Cancelled on Ctrl-C: containers are removed, nothing half-written is kept.
+    pub cancel: CancellationToken,
 }
 
 /// What a build did (for the summary line and tests).
@@ -88,16 +91,16 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
 
     let mut report = Report::default();
     let remote = remote_cache::RemoteCache::new(&opts.remote_cache)?;
-    let engine = LazyEngine { podman: tokio::sync::OnceCell::new(), builder: &builder };
+    let engine = LazyEngine { podman: tokio::sync::OnceCell::new(), builder: &builder, cancel: &opts.cancel };
     if obtain(&store, &remote, opts.rebuild, "base", &base_key, &base_ref, &mut report).await? {
-        base::build(&Ctx { engine: engine.get().await?, set: &set, store: &store, builder: &builder, epoch }, &base_key, &base_ref)
+        base::build(&Ctx { engine: engine.get().await?, set: &set, store: &store, builder: &builder, epoch, cancel: &opts.cancel }, &base_key, &base_ref)
             .instrument(info_span!("base_layer"))
             .await
             .with_context(|| format!("building the base layer of {} for {}/{}", set.name, set.distribution.id, set.distribution.release))?;
         report.built.push("base".into());
     }
     if obtain(&store, &remote, opts.rebuild, "kernel", &kernel_key, &kernel_ref, &mut report).await? {
-        kernel::build(&Ctx { engine: engine.get().await?, set: &set, store: &store, builder: &builder, epoch }, &kernel_key, &kernel_ref)
+        kernel::build(&Ctx { engine: engine.get().await?, set: &set, store: &store, builder: &builder, epoch, cancel: &opts.cancel }, &kernel_key, &kernel_ref)
             .instrument(info_span!("kernel_layer"))
             .await
             .with_context(|| format!("building the kernel layer ({}) of {}", set.kernel.package, set.name))?;
@@ -118,7 +121,7 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
         let key = plan::extension_key(&set, &builder, epoch, &base_blob, x);
         let name = plan::layer_ref(&kind, &key);
         if obtain(&store, &remote, opts.rebuild, &kind, &key, &name, &mut report).await? {
-            extension::build(&Ctx { engine: engine.get().await?, set: &set, store: &store, builder: &builder, epoch }, x, &base_ref, &key, &name)
+            extension::build(&Ctx { engine: engine.get().await?, set: &set, store: &store, builder: &builder, epoch, cancel: &opts.cancel }, x, &base_ref, &key, &name)
                 .instrument(info_span!("extension_layer", extension = %x.name))
                 .await
                 .with_context(|| format!("building the extension layer `{}` of {} ({})", x.name, set.name, x.file.display()))?;
@@ -180,6 +183,7 @@ async fn obtain(
 struct LazyEngine<'a> {
     podman: tokio::sync::OnceCell<Podman>,
     builder: &'a str,
+    cancel: &'a CancellationToken,
 }
 
 impl LazyEngine<'_> {
@@ -196,7 +200,10 @@ impl LazyEngine<'_> {
 
 impl crate::products::sysext::ErofsMaker for LazyEngine<'_> {
     async fn erofs(&self, tar: Vec<u8>, uuid: &str, epoch: u64) -> Result<Vec<u8>> {
-        erofs::mkfs(self.get().await?, self.builder, tar, uuid, epoch).await
+        erofs::mkfs(self.get().await?, self.cancel, self.builder, tar, uuid, epoch).await
+    }
+    fn tool(&self) -> &str {
+        self.builder
     }
 }
 
@@ -247,10 +254,17 @@ async fn write_products(
     let modules_blob = modules_blob.context("kernel layer without a modules layer")?;
 
     std::fs::create_dir_all(output).with_context(|| format!("creating the output directory {}", output.display()))?;
-    let mut members = vec![
-        crate::products::initrd::member(store, &base_blob, set.base.compression, true)?,
-        crate::products::initrd::member(store, &modules_blob, set.base.compression, false)?,
-    ];
+    // Flattening is CPU work (zstd -19): on a blocking thread, off the async workers.
+    let mut members = {
+        let (store, compression) = (store.clone(), set.base.compression);
+        blocking(move || {
+            Ok(vec![
+                crate::products::initrd::member(&store, &base_blob, compression, true)?,
+                crate::products::initrd::member(&store, &modules_blob, compression, false)?,
+            ])
+        })
+        .await?
+    };
     if let Some(signing) = inputs.signing {
         // Its own member, so the base layer (and its cached member) serve every key.
         let data = crate::products::initrd::write_member(&crate::products::sysext::certificate_layer(signing, epoch)?, set.base.compression)?;
@@ -288,3 +302,8 @@ async fn write_products(
     Ok(products)
 }
 
+
+/// Run CPU work on tokio's blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.context("a worker thread failed")?
+}

@@ -145,12 +145,8 @@ impl LayerSet {
             .ok()
             .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "layers".into());
-        let mut others: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("listing {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.file_name().is_some_and(|n| n != "base.toml"))
-            .collect();
-        others.sort();
+        let entries = std::fs::read_dir(dir).with_context(|| format!("listing the layer set {}", dir.display()))?;
+        let others = extension_files(dir, entries.map(|e| e.map(|e| e.path())))?;
         for file in others {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading the extension layer {}", file.display()))?;
             set.extensions.push(extension::parse(&file, &text, dir)?);
@@ -162,6 +158,22 @@ impl LayerSet {
     pub fn extension(&self, name: &str) -> Option<&Extension> {
         self.extensions.iter().find(|x| x.name == name)
     }
+}
+
+/// The extension files among a layer set's directory entries (`*.toml` but `base.toml`),
+/// sorted. An entry that cannot be read could be an extension: it is an error naming the
+/// directory, never silently dropped.
+fn extension_files(dir: &Path, entries: impl Iterator<Item = std::io::Result<PathBuf>>) -> anyhow::Result<Vec<PathBuf>> {
+    use anyhow::Context as _;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.with_context(|| format!("listing the layer set {}: an entry cannot be read", dir.display()))?;
+        if path.extension().is_some_and(|e| e == "toml") && path.file_name().is_some_and(|n| n != "base.toml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// Parse and validate one `base.toml` text. `file` is only used in error messages.
@@ -178,10 +190,12 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
         ));
     }
     check_word(&d.release, "distribution.release", &err_at)?;
-    let mirror = d.mirror.map_or_else(|| DEFAULT_DEBIAN_MIRROR.to_string(), |m| m.into_inner());
-    if !(mirror.starts_with("http://") || mirror.starts_with("https://")) {
-        return Err(err_at(None, Some("distribution.mirror"), format!("mirror `{mirror}` must be an http:// or https:// URL")));
+    if let Some(m) = &d.mirror
+        && !(m.get_ref().starts_with("http://") || m.get_ref().starts_with("https://"))
+    {
+        return Err(err_at(Some(m.span()), Some("distribution.mirror"), format!("mirror `{}` must be an http:// or https:// URL", m.get_ref())));
     }
+    let mirror = d.mirror.map_or_else(|| DEFAULT_DEBIAN_MIRROR.to_string(), |m| m.into_inner());
     let components = match d.components {
         Some(c) => c.into_iter().map(|c| check_word(&c, "distribution.components", &err_at).map(|_| c.into_inner())).collect::<Result<_, _>>()?,
         None => vec!["main".to_string()],
@@ -351,6 +365,7 @@ modules = ["virtio_blk", "ext4"]
             (GOOD.replace("id = \"debian\"", "id = \"arch\""), 3, "distribution.id", "unsupported distribution"),
             (GOOD.replace("[\"virtio_blk\", \"ext4\"]", "[]"), 13, "kernel.modules", "no modules"),
             (GOOD.replace("[\"usr/share/doc\"]", "[\"../etc\"]"), 8, "base.remove", "not a path glob"),
+            (GOOD.replace("release = \"trixie\"", "release = \"trixie\"\nmirror = \"ftp://x\""), 5, "distribution.mirror", "must be an http"),
         ];
         for (text, line, key, msg) in cases {
             let e = parse_str(&text).unwrap_err();
@@ -364,6 +379,16 @@ modules = ["virtio_blk", "ext4"]
         let text = GOOD.split("[kernel]").next().unwrap();
         let e = parse_str(text).unwrap_err();
         assert!(e.to_string().contains("missing field `kernel`"), "{e}");
+    }
+
+    #[test]
+    fn an_unreadable_directory_entry_is_an_error_not_a_dropped_extension() {
+        let dir = Path::new("layers/test");
+        let ok = [Ok(dir.join("storage.toml")), Ok(dir.join("base.toml")), Ok(dir.join("README")), Ok(dir.join("network.toml"))];
+        assert_eq!(extension_files(dir, ok.into_iter()).unwrap(), [dir.join("network.toml"), dir.join("storage.toml")]);
+        let broken = [Ok(dir.join("network.toml")), Err(std::io::Error::from_raw_os_error(5))];
+        let e = format!("{:#}", extension_files(dir, broken.into_iter()).unwrap_err());
+        assert!(e.contains("listing the layer set layers/test: an entry cannot be read"), "{e}");
     }
 
     #[test]

@@ -35,6 +35,7 @@ struct Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
+        crate::interrupt::forget_child(self.child.id());
         // SIGTERM lets podman clean up its socket; wait so no zombie is left.
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
@@ -137,6 +138,7 @@ impl Podman {
                 return Err(Error::Api { operation: "starting `podman system service`".into(), source: Box::new(e) });
             }
         };
+        crate::interrupt::register_child(child.id());
         let mut service = Service { child, dir };
         let seconds = 20;
         let deadline = Instant::now() + Duration::from_secs(seconds);

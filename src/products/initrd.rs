@@ -89,21 +89,15 @@ pub fn write_member(layer: &Layer, compression: Compression) -> Result<Vec<u8>> 
 /// Concatenate the members into `dest`, atomically. Returns the sha256 and size of the
 /// result.
 pub fn concatenate(members: &[Member], dest: &Path) -> Result<(Digest, u64)> {
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a file in {}", dir.display()))?;
-    crate::store::set_readable(tmp.as_file(), dest)?;
+    let mut tmp = crate::store::atomic::AtomicFile::beside(dest)?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     for m in members {
         hasher.update(&m.data);
         size += m.data.len() as u64;
-        tmp.write_all(&m.data)?;
+        tmp.write_all(&m.data).with_context(|| format!("writing {}", dest.display()))?;
     }
-    tmp.as_file().sync_all()?;
-    tmp.persist(dest).with_context(|| format!("writing {}", dest.display()))?;
+    tmp.commit(dest).with_context(|| format!("writing {}", dest.display()))?;
     Ok((Digest::from_hasher(hasher), size))
 }
 

@@ -90,6 +90,17 @@ pub fn release(os_release: &str, arch: Arch, x: &Extension) -> ExtensionRelease 
 pub trait ErofsMaker {
     /// The erofs image of the tree in `tar`, with file system UUID `uuid`, built at `epoch`.
     async fn erofs(&self, tar: Vec<u8>, uuid: &str, epoch: u64) -> Result<Vec<u8>>;
+    /// What decides the `mkfs.erofs` it runs (the builder image tag): part of the image key,
+    /// so a new erofs-utils in the builder makes new images.
+    fn tool(&self) -> &str;
+}
+
+/// The file system part of an image's cache key.
+fn filesystem_key(filesystem: Filesystem, squashfs: &strata_format::squashfs::Options, erofs_tool: &str) -> String {
+    match filesystem {
+        Filesystem::Squashfs => format!("{squashfs:?}"),
+        Filesystem::Erofs => format!("{EROFS_OPTIONS} in {erofs_tool}"),
+    }
 }
 
 #[derive(Serialize)]
@@ -148,10 +159,7 @@ pub async fn write_images(
             class: class_name,
             release: &release.render_as(class),
             certificate: signing.map(|s| s.fingerprint.as_str()),
-            filesystem: match x.filesystem {
-                Filesystem::Squashfs => format!("{:?}", o.squashfs),
-                Filesystem::Erofs => EROFS_OPTIONS.to_string(),
-            },
+            filesystem: filesystem_key(x.filesystem, &o.squashfs, erofs.tool()),
             confext: x.confext,
         };
         let ref_name = format!("strata.image.{}", Digest::of(&canonical_json(&key)).hex());
@@ -178,7 +186,13 @@ pub async fn write_images(
                 let what = || format!("making {file} from extension `{}` ({})", x.name, x.file.display());
                 let signer = signing.map(|s| &s.signer);
                 let image = match x.filesystem {
-                    Filesystem::Squashfs => sysext::build_image(part, release, &x.name, signer, &o).with_context(what)?,
+                    Filesystem::Squashfs => {
+                        // squashfs + zstd is CPU work: on a blocking thread, off the async workers.
+                        let (part, release, name, signer, o) = (part.clone(), release.clone(), x.name.clone(), signer.cloned(), o.clone());
+                        crate::pipeline::blocking(move || Ok(sysext::build_image(&part, &release, &name, signer.as_ref(), &o)?))
+                            .await
+                            .with_context(what)?
+                    }
                     Filesystem::Erofs => {
                         let tree = sysext::filesystem_layer(part, release, &x.name, &o).with_context(what)?;
                         let mut tar = Vec::with_capacity(tree.data_size() as usize);
@@ -309,6 +323,17 @@ pub fn certificate_layer(signing: &Signing, epoch: u64) -> Result<Layer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn erofs_image_key_covers_the_builder_image() {
+        let o = strata_format::squashfs::Options::default();
+        let a = filesystem_key(Filesystem::Erofs, &o, "localhost/strata-builder-debian:aaaa");
+        let b = filesystem_key(Filesystem::Erofs, &o, "localhost/strata-builder-debian:bbbb");
+        assert_ne!(a, b, "a new builder image (a new mkfs.erofs) must make a new image key");
+        assert!(a.contains(EROFS_OPTIONS));
+        let squashfs = filesystem_key(Filesystem::Squashfs, &o, "localhost/strata-builder-debian:aaaa");
+        assert_eq!(squashfs, filesystem_key(Filesystem::Squashfs, &o, "other"), "strata's own squashfs writer needs no builder");
+    }
 
     #[test]
     fn pem_certificate_is_cut_from_surrounding_text() {

@@ -18,13 +18,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read as _, Write as _};
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use sha2::Digest as _;
 
 use crate::digest::Digest;
+use crate::store::atomic::AtomicFile;
 use crate::registry::artifact::{self, ANN_TITLE, PRODUCT_TYPES, ProductType};
 use crate::registry::{Client, ClientOptions, FetchedManifest, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Reference};
 use crate::store::{Descriptor, Store};
@@ -225,7 +225,7 @@ pub async fn run(opts: &Options) -> Result<Vec<Pulled>> {
     }
 
     std::fs::create_dir_all(&opts.output).with_context(|| format!("creating {}", opts.output.display()))?;
-    remove_stale_temporaries(&opts.output)?;
+    crate::store::atomic::remove_stale(&opts.output)?;
     let store_dir = opts.cache_dir.join("oci");
     let store = Store::open(&store_dir).with_context(|| format!("opening the store {}", store_dir.display()))?;
     let mut pulled = Vec::new();
@@ -268,33 +268,6 @@ pub async fn run(opts: &Options) -> Result<Vec<Pulled>> {
     Ok(pulled)
 }
 
-/// Temporary files in the output directory are `.strata-pull-<pid>-<random>`.
-const TMP_PREFIX: &str = ".strata-pull-";
-
-/// Remove the temporary files a killed `strata pull` left in `dir`: those whose process is
-/// gone. Files of a pull still running (another process, same directory) are kept.
-fn remove_stale_temporaries(dir: &Path) -> Result<()> {
-    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(TMP_PREFIX))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) != Err(nix::errno::Errno::ESRCH);
-        if !alive {
-            tracing::info!("removing {}, left by an interrupted pull", entry.path().display());
-            std::fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
-        }
-    }
-    Ok(())
-}
-
 /// Read the certificate for `--cert` (PEM or DER).
 fn load_certificate(path: &Path) -> Result<Certificate> {
     let bytes = std::fs::read(path).with_context(|| format!("--cert: reading {}", path.display()))?;
@@ -311,17 +284,10 @@ fn install(store: &Store, desc: &Descriptor, dest: &Path) -> Result<()> {
 /// Copy the blob `desc` from the store to a temporary file next to `dest`, hashing on the
 /// way; fails unless it has the right digest and size and, given a certificate, is a sysext
 /// image signed for it. The file is synced; [`persist`] puts it in place.
-fn stage(store: &Store, desc: &Descriptor, dest: &Path, cert: Option<&Certificate>) -> Result<tempfile::NamedTempFile> {
+fn stage(store: &Store, desc: &Descriptor, dest: &Path, cert: Option<&Certificate>) -> Result<AtomicFile> {
     let src = store.blob_path(&desc.digest);
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
     let mut input = std::fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!("{TMP_PREFIX}{}-", std::process::id()))
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let mut tmp = AtomicFile::beside(dest)?;
     let mut hasher = sha2::Sha256::new();
     let mut size = 0u64;
     let mut buf = vec![0u8; 1 << 20];
@@ -347,6 +313,7 @@ fn stage(store: &Store, desc: &Descriptor, dest: &Path, cert: Option<&Certificat
             desc.size
         );
     }
+    tmp.flush().with_context(|| format!("writing {}", tmp.path().display()))?;
     let file = tmp.as_file();
     if let Some(cert) = cert {
         let verified = ddi_verify::verify(file, cert).with_context(|| {
@@ -362,23 +329,12 @@ fn stage(store: &Store, desc: &Descriptor, dest: &Path, cert: Option<&Certificat
             verified.root_hash
         );
     }
-    file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    file.sync_all()?;
     Ok(tmp)
 }
 
-/// Rename a staged file to `dest` and sync the directory.
-fn persist(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<()> {
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    tmp.persist(dest)
-        .with_context(|| format!("writing {}", dest.display()))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
-    Ok(())
+/// Rename a staged file to `dest` (fsync, rename, directory fsync).
+fn persist(tmp: AtomicFile, dest: &Path) -> Result<()> {
+    tmp.commit(dest).with_context(|| format!("writing {}", dest.display()))
 }
 
 #[cfg(test)]
@@ -431,11 +387,11 @@ mod tests {
             annotations: HashMap::new(),
         };
         // What a killed pull leaves, and what a running one has.
-        let stale = dir.path().join(format!("{TMP_PREFIX}{}-abc", i32::MAX));
-        let running = dir.path().join(format!("{TMP_PREFIX}{}-abc", std::process::id()));
+        let stale = dir.path().join(format!(".tmp-{}-abc", i32::MAX));
+        let running = dir.path().join(format!(".tmp-{}-abc", std::process::id()));
         std::fs::write(&stale, b"x").unwrap();
         std::fs::write(&running, b"x").unwrap();
-        remove_stale_temporaries(dir.path()).unwrap();
+        crate::store::atomic::remove_stale(dir.path()).unwrap();
         assert!(!stale.exists() && running.exists());
         install(&store, &desc, &dir.path().join("out")).unwrap();
         assert_eq!(std::fs::read(dir.path().join("out")).unwrap(), b"hello");

@@ -24,7 +24,7 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
     let set = ctx.set;
     let d = &set.distribution;
     let spec = ContainerSpec { image: ctx.builder.to_string(), env: vec![], network: true, name_hint: "base".into() };
-    let (tar, epoch) = in_container(ctx.engine, &spec, async |id: &str| {
+    let (tar, epoch) = in_container(ctx.engine, ctx.cancel, &spec, async |id: &str| {
         put_file(ctx.engine, id, "/", "strata-fetch-release.sh", FETCH_RELEASE.as_bytes(), 0o755).await?;
         let epoch = epoch_for(ctx, id).await?;
         let tar = install_root(ctx, id, &set.base.packages, epoch, &set.dir.join("base.toml")).await?;

@@ -43,7 +43,7 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, x: &Extension, base_ref: 
     let mut packages = ctx.set.base.packages.clone();
     packages.extend(x.packages.iter().filter(|p| !ctx.set.base.packages.contains(p)).cloned());
     let spec = ContainerSpec { image: ctx.builder.to_string(), env: vec![], network: true, name_hint: format!("ext-{}", x.name) };
-    let tar = in_container(ctx.engine, &spec, async |id: &str| install_root(ctx, id, &packages, epoch, &x.file).await).await?;
+    let tar = in_container(ctx.engine, ctx.cancel, &spec, async |id: &str| install_root(ctx, id, &packages, epoch, &x.file).await).await?;
 
     let (set, x, store, name, key) = (ctx.set.clone(), x.clone(), ctx.store.clone(), name.to_string(), key.clone());
     tokio::task::spawn_blocking(move || -> Result<()> {

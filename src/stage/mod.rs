@@ -17,6 +17,7 @@ pub(crate) mod kernel;
 use anyhow::{Context as _, Result, bail};
 
 use crate::config::LayerSet;
+use crate::interrupt::CancellationToken;
 use crate::engine::{ContainerSpec, Engine, ExecOutput};
 use crate::store::Store;
 
@@ -27,19 +28,25 @@ pub(crate) struct Ctx<'a, E: Engine> {
     pub store: &'a Store,
     pub builder: &'a str,
     pub epoch: Option<u64>,
+    /// Cancelled on Ctrl-C ([`crate::interrupt`]).
+    pub cancel: &'a CancellationToken,
 }
 
 /// Create a build container, run `work` in it, and remove the container afterwards: on
-/// success, on failure and on Ctrl-C.
+/// success, on failure and when `cancel` fires (Ctrl-C).
 pub(crate) async fn in_container<E: Engine, T>(
     engine: &E,
+    cancel: &CancellationToken,
     spec: &ContainerSpec,
     work: impl AsyncFnOnce(&str) -> Result<T>,
 ) -> Result<T> {
-    let id = engine.create(spec).await?;
+    let id = tokio::select! {
+        id = engine.create(spec) => id?,
+        () = cancel.cancelled() => return Err(crate::interrupt::interrupted_error()),
+    };
     let result = tokio::select! {
         r = work(&id) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted (Ctrl-C); the build container is removed and nothing was stored")),
+        () = cancel.cancelled() => Err(crate::interrupt::interrupted_error()),
     };
     let removed = engine.remove(&id).await;
     match (result, removed) {
@@ -100,9 +107,10 @@ mod tests {
     async fn container_is_removed_on_success_and_on_failure() {
         let fake = Fake::default();
         let spec = ContainerSpec { image: "img".into(), env: vec![], network: false, name_hint: "t".into() };
-        let v = in_container(&fake, &spec, async |_id: &str| Ok(7)).await.unwrap();
+        let cancel = CancellationToken::new();
+        let v = in_container(&fake, &cancel, &spec, async |_id: &str| Ok(7)).await.unwrap();
         assert_eq!(v, 7);
-        let err = in_container(&fake, &spec, async |_id: &str| -> Result<()> { bail!("boom") }).await.unwrap_err();
+        let err = in_container(&fake, &cancel, &spec, async |_id: &str| -> Result<()> { bail!("boom") }).await.unwrap_err();
         assert_eq!(err.to_string(), "boom");
         let removes = fake.calls().iter().filter(|c| matches!(c, Call::Remove(_))).count();
         assert_eq!(removes, 2);

@@ -12,6 +12,7 @@
 //! Reads verify the digest; a blob that does not match is removed and reported, so the
 //! caller rebuilds it.
 
+pub mod atomic;
 pub mod image;
 
 use std::collections::HashMap;
@@ -40,6 +41,8 @@ pub enum Error {
     BadIndex { path: PathBuf, source: serde_json::Error },
     #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("interrupted: {path} was not written")]
+    Interrupted { path: PathBuf },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
@@ -80,8 +83,8 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store, Error> {
         let blobs = root.join("blobs/sha256");
         fs::create_dir_all(&blobs).map_err(io_at(&blobs))?;
-        remove_stale_temporaries(&blobs)?;
-        remove_stale_temporaries(root)?;
+        atomic::remove_stale(&blobs)?;
+        atomic::remove_stale(root)?;
         let layout = root.join("oci-layout");
         if !layout.exists() {
             write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
@@ -126,9 +129,7 @@ impl Store {
 
     /// A writer that hashes while writing into a temporary file of the store.
     pub fn blob_writer(&self) -> Result<BlobWriter, Error> {
-        let dir = self.root.join("blobs/sha256");
-        let file = tempfile::Builder::new().prefix(&temp_prefix()).tempfile_in(&dir).map_err(io_at(&dir))?;
-        set_readable(file.as_file(), &dir)?;
+        let file = atomic::AtomicFile::new(&self.root.join("blobs/sha256"), 0o644)?;
         Ok(BlobWriter { store: self.clone(), file, hasher: Sha256::new(), size: 0 })
     }
 
@@ -187,7 +188,7 @@ impl Store {
 /// [`BlobWriter::commit`] leaves nothing behind.
 pub struct BlobWriter {
     store: Store,
-    file: tempfile::NamedTempFile,
+    file: atomic::AtomicFile,
     hasher: Sha256,
     size: u64,
 }
@@ -207,10 +208,7 @@ impl BlobWriter {
                 return Err(Error::SizeMismatch { digest, expected: want_size, found: self.size });
             }
         }
-        self.file.as_file().sync_all().map_err(io_at(&tmp))?;
-        let dest = self.store.blob_path(&digest);
-        self.file.persist(&dest).map_err(|e| Error::Io { path: dest.clone(), source: e.error })?;
-        sync_dir(dest.parent().expect("blob paths have a parent"))?;
+        self.file.commit(&self.store.blob_path(&digest))?;
         Ok((digest, self.size))
     }
 }
@@ -227,71 +225,7 @@ impl Write for BlobWriter {
     }
 }
 
-/// Write `data` to `path` atomically: temporary file in the same directory, fsync, rename,
-/// fsync of the directory.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_at(dir))?;
-    let mut tmp = tempfile::Builder::new().prefix(&temp_prefix()).tempfile_in(dir).map_err(io_at(dir))?;
-    // Temporary files are created 0600; products and store files are for everyone to read.
-    set_readable(tmp.as_file(), path)?;
-    tmp.write_all(data).map_err(io_at(path))?;
-    tmp.as_file().sync_all().map_err(io_at(path))?;
-    tmp.persist(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e.error })?;
-    sync_dir(dir)
-}
-
-/// Copy a file atomically (same guarantees as [`write_atomic`]), streaming.
-pub fn copy_atomic(src: &Path, dest: &Path) -> Result<(), Error> {
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(&temp_prefix()).tempfile_in(dir).map_err(io_at(dir))?;
-    set_readable(tmp.as_file(), dest)?;
-    let mut input = File::open(src).map_err(io_at(src))?;
-    io::copy(&mut input, &mut tmp).map_err(io_at(dest))?;
-    tmp.as_file().sync_all().map_err(io_at(dest))?;
-    tmp.persist(dest).map_err(|e| Error::Io { path: dest.to_path_buf(), source: e.error })?;
-    sync_dir(dir)
-}
-
-/// Temporary files carry the writer's pid (`.tmp-<pid>-…`), so a later process can tell
-/// the leftovers of a killed writer from the files of one still running.
-fn temp_prefix() -> String {
-    format!(".tmp-{}-", std::process::id())
-}
-
-/// Remove `.tmp-<pid>-…` files in `dir` whose process is gone (a killed build, push or
-/// pull). Files of live processes, which may share the cache, are left alone.
-fn remove_stale_temporaries(dir: &Path) -> Result<(), Error> {
-    for entry in fs::read_dir(dir).map_err(io_at(dir))? {
-        let entry = entry.map_err(io_at(dir))?;
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(".tmp-")) else { continue };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
-        let alive = pid.is_some_and(|pid| {
-            !matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH))
-        });
-        if !alive {
-            let path = entry.path();
-            tracing::debug!(path = %path.display(), "removing a temporary file left by an interrupted writer");
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::Io { path, source: e }),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Mode 0644 (before the umask-free rename makes the file visible).
-pub fn set_readable(file: &File, path: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::PermissionsExt as _;
-    file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io_at(path))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))
-}
+pub use atomic::{copy as copy_atomic, write as write_atomic};
 
 /// Read all of `r` (helper for streaming callers).
 pub fn read_all(mut r: impl Read) -> io::Result<Vec<u8>> {

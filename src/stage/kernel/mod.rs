@@ -34,7 +34,7 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
     let d = &set.distribution;
     let k = &set.kernel;
     let spec = ContainerSpec { image: ctx.builder.to_string(), env: vec![], network: true, name_hint: "kernel".into() };
-    let fetched = in_container(ctx.engine, &spec, async |id: &str| {
+    let fetched = in_container(ctx.engine, ctx.cancel, &spec, async |id: &str| {
         put_file(ctx.engine, id, "/", "strata-kernel-fetch.sh", KERNEL_FETCH.as_bytes(), 0o755).await?;
         put_file(ctx.engine, id, "/", "strata-kernel-assemble.sh", KERNEL_ASSEMBLE.as_bytes(), 0o755).await?;
         put_file(ctx.engine, id, "/", "strata-fetch-release.sh", FETCH_RELEASE.as_bytes(), 0o755).await?;
