@@ -1,5 +1,9 @@
 //! The command line: clap's types for `strata` and its subcommands. `main` parses them; the
 //! man page and shell completions are generated from the same definitions.
+//!
+//! The doc comments here are clap's help texts, written for a terminal (`host[:port]`,
+//! `KIND-<cache key hex>`), not rustdoc markup.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 use std::path::PathBuf;
 

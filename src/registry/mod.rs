@@ -1,11 +1,11 @@
 //! The OCI Distribution client: push and pull manifests and blobs between the local
-//! [`Store`](crate::store::Store) and a registry.
+//! [`crate::store::Store`] and a registry.
 //!
-//! - [`reference`]: `host[:port]/repo[:tag][@digest]`, loopback → plain HTTP.
+//! - [`reference`](mod@reference): `host[:port]/repo[:tag][@digest]`, loopback → plain HTTP.
 //! - [`auth`]: anonymous, basic and bearer-token auth; credentials from the containers
 //!   `auth.json` files and `~/.docker/config.json`.
 //! - [`client`]: one registry's HTTP API (ping, blobs, manifests, tags) with retries.
-//! - [`transfer`]: [`push`]/[`pull`] of a manifest tree (index → manifests → blobs).
+//! - [`transfer`]: [`push()`]/[`pull()`] of a manifest tree (index → manifests → blobs).
 //!
 //! Every pulled blob is streamed into a [`BlobWriter`](crate::store::BlobWriter) and
 //! committed against the digest and size its descriptor names: nothing unverified lands

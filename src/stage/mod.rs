@@ -1,9 +1,9 @@
 //! The build stages: each makes one layer inside a builder container and stores it.
 //!
-//! - [`base`]: the initrd's userspace, installed by the distribution's package manager;
-//! - [`kernel`]: the kernel package, a selection of its modules and their firmware;
-//! - [`extension`]: an extension's packages on top of the base, stored as a diff;
-//! - [`builder`]: the builder image those run in; [`erofs`]: erofs images made in it.
+//! - `base`: the initrd's userspace, installed by the distribution's package manager;
+//! - `kernel`: the kernel package, a selection of its modules and their firmware;
+//! - `extension`: an extension's packages on top of the base, stored as a diff;
+//! - `builder`: the builder image those run in; `erofs`: erofs images made in it.
 //!
 //! Stages see the container engine only through [`Engine`], so they run against the
 //! recording fake in unit tests.

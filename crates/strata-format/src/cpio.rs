@@ -176,7 +176,7 @@ fn write_entry(w: &mut CountingWriter<impl Write>, h: &Header, name: &str, data:
 }
 
 fn pad4(buf: &mut Vec<u8>) {
-    while buf.len() % 4 != 0 {
+    while !buf.len().is_multiple_of(4) {
         buf.push(0);
     }
 }

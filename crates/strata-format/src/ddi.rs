@@ -244,7 +244,7 @@ pub struct Partition {
 }
 
 /// Where everything goes: decided before a byte is written. `N` is 3 for a signed image
-/// ([`layout`], [`write`]) and 2 for one without a signature partition ([`layout_unsigned`],
+/// ([`layout`], [`write()`]) and 2 for one without a signature partition ([`layout_unsigned`],
 /// [`write_unsigned`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout<const N: usize = 3> {
@@ -256,7 +256,7 @@ pub struct Layout<const N: usize = 3> {
     pub partitions: [Partition; N],
 }
 
-/// Lay out an image for these sizes and root hash, checking the sizes as [`write`] does.
+/// Lay out an image for these sizes and root hash, checking the sizes as [`write()`] does.
 pub fn layout(
     arch: Arch,
     data_size: u64,

@@ -10,7 +10,7 @@
 //! numeric owners only (no user/group names), mtimes as given (clamp them first with
 //! [`Layer::clamp_mtimes`]), extended attributes as PAX `SCHILY.xattr.*` records.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read, Write};
 
 /// Errors from building, reading or writing a layer.
@@ -166,17 +166,20 @@ impl Layer {
     /// their next name. Returns the removed paths (directories once, not their contents).
     pub fn remove_where(&mut self, mut remove: impl FnMut(&Entry) -> bool) -> Vec<String> {
         let mut removed_roots: Vec<String> = Vec::new();
+        // Every removed path. Entries sort by bytes, not depth first (`a-b` and `a.b` sort between
+        // `a` and `a/c`), so the last removed directory is not necessarily the one an entry is in;
+        // parents come before children, so looking up the parent is enough.
+        let mut removed: HashSet<String> = HashSet::new();
         let mut kept = Vec::with_capacity(self.entries.len());
         let mut moved_data: HashMap<String, String> = HashMap::new(); // old holder -> new holder
         let mut orphan_data: HashMap<String, (Vec<u8>, Entry)> = HashMap::new();
         for e in std::mem::take(&mut self.entries) {
-            let under_removed = removed_roots
-                .last()
-                .is_some_and(|r| e.path.len() > r.len() && e.path.starts_with(r.as_str()) && e.path.as_bytes()[r.len()] == b'/');
+            let under_removed = e.path.rsplit_once('/').is_some_and(|(parent, _)| removed.contains(parent));
             if under_removed || remove(&e) {
                 if !under_removed {
                     removed_roots.push(e.path.clone());
                 }
+                removed.insert(e.path.clone());
                 if let EntryKind::File { data } = &e.kind {
                     orphan_data.insert(e.path.clone(), (data.clone(), e.clone()));
                 }
@@ -346,29 +349,42 @@ impl Layer {
                 _ => out.push(e.clone()),
             }
         }
-        let mut removed_dir: Option<String> = None;
+        // Paths of `parent` that go with their whole subtree: removed ones (whited out) and
+        // directories that `self` replaces by a non-directory (applying the replacement removes
+        // the directory with its contents; a whiteout below it would be an entry below a
+        // non-directory). Entries sort by bytes, not depth first, so look up the parent rather
+        // than compare with the last one seen.
+        let mut gone: HashSet<&str> = HashSet::new();
         for p in &parent.entries {
-            if removed_dir.as_deref().is_some_and(|d| p.path.starts_with(d) && p.path.as_bytes().get(d.len()) == Some(&b'/')) {
+            if p.path.rsplit_once('/').is_some_and(|(d, _)| gone.contains(d)) {
+                gone.insert(&p.path);
                 continue;
             }
-            if self.get(&p.path).is_none() {
-                let (dir, name) = p.path.rsplit_once('/').map_or(("", p.path.as_str()), |(d, n)| (d, n));
-                let wh = if dir.is_empty() { format!("{WHITEOUT_PREFIX}{name}") } else { format!("{dir}/{WHITEOUT_PREFIX}{name}") };
-                out.push(Entry::file(&wh, Vec::new(), 0o644, p.mtime));
-                if p.kind == EntryKind::Dir {
-                    removed_dir = Some(p.path.clone());
+            match self.get(&p.path) {
+                None => {
+                    let (dir, name) = p.path.rsplit_once('/').map_or(("", p.path.as_str()), |(d, n)| (d, n));
+                    let wh = if dir.is_empty() {
+                        format!("{WHITEOUT_PREFIX}{name}")
+                    } else {
+                        format!("{dir}/{WHITEOUT_PREFIX}{name}")
+                    };
+                    out.push(Entry::file(&wh, Vec::new(), 0o644, p.mtime));
+                    gone.insert(&p.path);
                 }
+                Some(e) if p.kind == EntryKind::Dir && e.kind != EntryKind::Dir => {
+                    gone.insert(&p.path);
+                }
+                Some(_) => {}
             }
         }
         // Hard links into unchanged files must carry the data themselves in the diff.
-        let present: std::collections::HashSet<String> = out.iter().map(|e| e.path.clone()).collect();
+        let present: HashSet<String> = out.iter().map(|e| e.path.clone()).collect();
         for e in &mut out {
-            if let EntryKind::Hardlink { target } = &e.kind {
-                if !present.contains(target) {
-                    if let Some(Entry { kind: EntryKind::File { data }, .. }) = self.get(target) {
-                        e.kind = EntryKind::File { data: data.clone() };
-                    }
-                }
+            if let EntryKind::Hardlink { target } = &e.kind
+                && !present.contains(target)
+                && let Some(Entry { kind: EntryKind::File { data }, .. }) = self.get(target)
+            {
+                e.kind = EntryKind::File { data: data.clone() };
             }
         }
         // Parents of changed entries come from `self` (with their real metadata).
@@ -564,5 +580,80 @@ mod tests {
         assert_eq!(removed, ["dev", "usr/bin/aa"]);
         assert!(l.get("dev/null").is_none());
         assert_eq!(l.get("usr/bin/zz").unwrap().kind, EntryKind::File { data: b"data".to_vec() });
+    }
+
+    /// `-` (0x2d) sorts before `/` (0x2f), so `usr/share/doc-base` (and its contents) come between
+    /// `usr/share/doc` and `usr/share/doc/foo`.
+    fn doc_tree() -> Layer {
+        Layer::from_entries(vec![
+            Entry::dir("usr/share/doc", 0o755, 1),
+            Entry::dir("usr/share/doc-base", 0o755, 1),
+            Entry::file("usr/share/doc-base/x", b"x".to_vec(), 0o644, 1),
+            Entry::file("usr/share/doc/foo", b"foo".to_vec(), 0o644, 1),
+            Entry::file("usr/share/other", b"o".to_vec(), 0o644, 1),
+        ])
+        .unwrap()
+    }
+
+    fn paths(l: &Layer) -> Vec<&str> {
+        l.entries().iter().map(|e| e.path.as_str()).collect()
+    }
+
+    #[test]
+    fn remove_where_looks_at_every_removed_dir_not_only_the_last() {
+        let mut l = doc_tree();
+        assert_eq!(
+            paths(&l),
+            [
+                "usr",
+                "usr/share",
+                "usr/share/doc",
+                "usr/share/doc-base",
+                "usr/share/doc-base/x",
+                "usr/share/doc/foo",
+                "usr/share/other"
+            ]
+        );
+        let removed = l.remove_where(|e| e.path.starts_with("usr/share/doc"));
+        assert_eq!(removed, ["usr/share/doc", "usr/share/doc-base"], "directories once, not their contents");
+        assert_eq!(paths(&l), ["usr", "usr/share", "usr/share/other"]);
+    }
+
+    #[test]
+    fn remove_where_glob_like_predicate_leaves_no_orphan() {
+        // What the remove glob `usr/share/doc*` matches with a literal separator: the two
+        // directories, not `usr/share/doc/foo`, which must go with its parent.
+        let mut l = doc_tree();
+        let removed = l.remove_where(|e| e.path.strip_prefix("usr/share/doc").is_some_and(|rest| !rest.contains('/')));
+        assert_eq!(removed, ["usr/share/doc", "usr/share/doc-base"]);
+        assert_eq!(paths(&l), ["usr", "usr/share", "usr/share/other"]);
+    }
+
+    #[test]
+    fn diff_whites_out_each_removed_dir_once_whatever_sorts_between() {
+        let parent = doc_tree();
+        let mut entries = parent.entries().to_vec();
+        entries.retain(|e| !e.path.starts_with("usr/share/doc"));
+        let child = Layer::from_entries(entries).unwrap();
+        let diff = child.diff_from(&parent);
+        assert_eq!(paths(&diff), ["usr", "usr/share", "usr/share/.wh.doc", "usr/share/.wh.doc-base"]);
+    }
+
+    #[test]
+    fn diff_replacing_a_dir_by_a_file_has_no_whiteouts_below_it() {
+        let parent = doc_tree();
+        let mut entries = parent.entries().to_vec();
+        entries.retain(|e| !e.path.starts_with("usr/share/doc/"));
+        for e in &mut entries {
+            if e.path == "usr/share/doc" {
+                e.kind = EntryKind::File { data: b"now a file".to_vec() };
+            }
+        }
+        let child = Layer::from_entries(entries).unwrap();
+        let diff = child.diff_from(&parent);
+        // Replacing the directory removes it with its contents; `doc/.wh.foo` would be an entry
+        // below a regular file.
+        assert_eq!(paths(&diff), ["usr", "usr/share", "usr/share/doc"]);
+        assert_eq!(diff.get("usr/share/doc").unwrap().kind, EntryKind::File { data: b"now a file".to_vec() });
     }
 }

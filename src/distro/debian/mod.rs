@@ -101,10 +101,10 @@ pub fn closure(installed: &[Package], requested: &[String]) -> Result<BTreeSet<S
         }
         let pkg = by_name[name.as_str()];
         for alts in &pkg.depends {
-            if let Some(p) = alts.iter().find_map(|a| resolve(a)) {
-                if !keep.contains(p) {
-                    todo.push(p.to_string());
-                }
+            if let Some(p) = alts.iter().find_map(|a| resolve(a))
+                && !keep.contains(p)
+            {
+                todo.push(p.to_string());
             }
         }
     }
@@ -249,14 +249,10 @@ pub fn missing_packages(output: &str) -> Vec<String> {
         let l = line.trim();
         if let Some(rest) = l.strip_prefix("E: Unable to locate package ") {
             out.insert(rest.trim().to_string());
-        } else if let Some(rest) = l.strip_prefix("E: Package '") {
-            if let Some((name, _)) = rest.split_once('\'') {
-                out.insert(name.to_string());
-            }
-        } else if let Some(rest) = l.strip_prefix("E: Couldn't find any package by glob '") {
-            if let Some((name, _)) = rest.split_once('\'') {
-                out.insert(name.to_string());
-            }
+        } else if let Some(rest) = l.strip_prefix("E: Package '").or_else(|| l.strip_prefix("E: Couldn't find any package by glob '"))
+            && let Some((name, _)) = rest.split_once('\'')
+        {
+            out.insert(name.to_string());
         }
     }
     out.into_iter().collect()
