@@ -140,6 +140,19 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Write the man pages (strata.1 and one strata-COMMAND.1 per subcommand), generated
+    /// from these definitions, into a directory.
+    Man {
+        /// The directory to write the pages to.
+        #[arg(short, long, default_value = "man")]
+        output: PathBuf,
+    },
+    /// Print a completion script for a shell on stdout, e.g.
+    /// `strata completions bash > /etc/bash_completion.d/strata`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Boot a build's products under qemu, serial console on this terminal.
     Vm {
         /// The build output directory (with products.json).
@@ -160,3 +173,60 @@ pub enum Command {
     },
 }
 
+
+/// The man pages: `strata.1` and `strata-COMMAND.1` for each subcommand, as (file name,
+/// roff text).
+pub fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    use clap::CommandFactory as _;
+    let cmd = Cli::command();
+    let mut pages = Vec::new();
+    let mut page = |cmd: clap::Command, name: String| -> std::io::Result<()> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut out)?;
+        pages.push((format!("{name}.1"), out));
+        Ok(())
+    };
+    page(cmd.clone(), "strata".into())?;
+    for sub in cmd.get_subcommands() {
+        let name = format!("strata-{}", sub.get_name());
+        page(sub.clone().name(name.clone()), name)?;
+    }
+    Ok(pages)
+}
+
+/// The completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap::CommandFactory as _;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "strata", &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn man_pages_cover_every_subcommand() {
+        let pages = man_pages().unwrap();
+        let names: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
+        for want in ["strata.1", "strata-build.1", "strata-pull.1", "strata-man.1", "strata-completions.1"] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        let build = String::from_utf8(pages.iter().find(|(n, _)| n == "strata-build.1").unwrap().1.clone()).unwrap();
+        assert!(build.starts_with(".ie") || build.contains(".TH"), "roff: {build}");
+        assert!(build.contains("cache\\-from") || build.contains("cache-from"), "the page documents --cache-from");
+    }
+
+    #[test]
+    fn completions_know_the_subcommands() {
+        let bash = String::from_utf8(completions(clap_complete::Shell::Bash)).unwrap();
+        assert!(bash.contains("build") && bash.contains("keygen") && bash.contains("--cache-from"), "{bash}");
+    }
+}

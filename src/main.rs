@@ -139,6 +139,19 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
             println!("certificate\t{}\tsha256:{}", w.certificate.display(), w.fingerprint);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Man { output } => {
+            for (name, text) in strata::cli::man_pages().context("rendering the man pages")? {
+                let path = output.join(name);
+                strata::store::write_atomic(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            use std::io::Write as _;
+            std::io::stdout().write_all(&strata::cli::completions(shell)).context("writing the completion script")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Vm { output, disk, append, memory, kvm } => {
             let status = strata::vm::run(&strata::vm::Options { output, disk, append, memory_mib: memory, kvm })?;
             Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
