@@ -173,7 +173,6 @@ pub enum Command {
     },
 }
 
-
 /// The man pages: `strata.1` and `strata-COMMAND.1` for each subcommand, as (file name,
 /// roff text).
 pub fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
@@ -216,17 +215,29 @@ mod tests {
     fn man_pages_cover_every_subcommand() {
         let pages = man_pages().unwrap();
         let names: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
-        for want in ["strata.1", "strata-build.1", "strata-pull.1", "strata-man.1", "strata-completions.1"] {
+        for want in [
+            "strata.1",
+            "strata-build.1",
+            "strata-pull.1",
+            "strata-man.1",
+            "strata-completions.1",
+        ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }
         let build = String::from_utf8(pages.iter().find(|(n, _)| n == "strata-build.1").unwrap().1.clone()).unwrap();
         assert!(build.starts_with(".ie") || build.contains(".TH"), "roff: {build}");
-        assert!(build.contains("cache\\-from") || build.contains("cache-from"), "the page documents --cache-from");
+        assert!(
+            build.contains("cache\\-from") || build.contains("cache-from"),
+            "the page documents --cache-from"
+        );
     }
 
     #[test]
     fn completions_know_the_subcommands() {
         let bash = String::from_utf8(completions(clap_complete::Shell::Bash)).unwrap();
-        assert!(bash.contains("build") && bash.contains("keygen") && bash.contains("--cache-from"), "{bash}");
+        assert!(
+            bash.contains("build") && bash.contains("keygen") && bash.contains("--cache-from"),
+            "{bash}"
+        );
     }
 }

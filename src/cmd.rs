@@ -29,13 +29,27 @@ pub fn run<S: AsRef<OsStr>>(argv: &[S]) -> Result<Output> {
     let line = shell_line(argv);
     debug!(command = %line, "running");
     let (program, args) = argv.split_first().ok_or_else(|| anyhow::anyhow!("empty command"))?;
-    let out = Command::new(program.as_ref()).args(args).stdin(Stdio::null()).output().map_err(|e| {
-        anyhow::anyhow!("cannot run `{}`: {e}", program.as_ref().to_string_lossy())
-    })?;
+    let out = Command::new(program.as_ref())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run `{}`: {e}", program.as_ref().to_string_lossy()))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
-        bail!("`{}` failed ({}):\n{}\nto reproduce: {line}", program.as_ref().to_string_lossy(), out.status, tail.join("\n"));
+        let tail: Vec<&str> = stderr
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        bail!(
+            "`{}` failed ({}):\n{}\nto reproduce: {line}",
+            program.as_ref().to_string_lossy(),
+            out.status,
+            tail.join("\n")
+        );
     }
     Ok(out)
 }
@@ -46,13 +60,24 @@ mod tests {
 
     #[test]
     fn quoting() {
-        assert_eq!(shell_line(&["qemu", "-append", "console=ttyS0 panic=-1", "it's"]), "qemu -append 'console=ttyS0 panic=-1' 'it'\\''s'");
+        assert_eq!(
+            shell_line(&["qemu", "-append", "console=ttyS0 panic=-1", "it's"]),
+            "qemu -append 'console=ttyS0 panic=-1' 'it'\\''s'"
+        );
     }
 
     #[test]
     fn failure_names_the_command_and_keeps_stderr() {
         let err = run(&["sh", "-c", "echo oops >&2; exit 3"]).unwrap_err().to_string();
-        assert!(err.contains("oops") && err.contains("to reproduce: sh -c 'echo oops >&2; exit 3'"), "{err}");
-        assert!(run(&["/nonexistent/prog"]).unwrap_err().to_string().contains("cannot run"));
+        assert!(
+            err.contains("oops") && err.contains("to reproduce: sh -c 'echo oops >&2; exit 3'"),
+            "{err}"
+        );
+        assert!(
+            run(&["/nonexistent/prog"])
+                .unwrap_err()
+                .to_string()
+                .contains("cannot run")
+        );
     }
 }

@@ -22,12 +22,16 @@ pub struct BadDigest {
 impl Digest {
     /// Digest of `data`.
     pub fn of(data: &[u8]) -> Digest {
-        Digest { hex: hex::encode(Sha256::digest(data)) }
+        Digest {
+            hex: hex::encode(Sha256::digest(data)),
+        }
     }
 
     /// From a finished hasher.
     pub fn from_hasher(h: Sha256) -> Digest {
-        Digest { hex: hex::encode(h.finalize()) }
+        Digest {
+            hex: hex::encode(h.finalize()),
+        }
     }
 
     /// The 64 hex digits.
@@ -83,9 +87,17 @@ mod tests {
     #[test]
     fn known_answer_and_parse() {
         let d = Digest::of(b"");
-        assert_eq!(d.to_string(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            d.to_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
-        for bad in ["", "sha256:", "sha512:e3b0", "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"] {
+        for bad in [
+            "",
+            "sha256:",
+            "sha512:e3b0",
+            "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+        ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad}");
         }
     }
@@ -97,6 +109,12 @@ mod tests {
             zeta: u8,
             alpha: Vec<u8>,
         }
-        assert_eq!(canonical_json(&S { zeta: 1, alpha: vec![2] }), br#"{"alpha":[2],"zeta":1}"#);
+        assert_eq!(
+            canonical_json(&S {
+                zeta: 1,
+                alpha: vec![2]
+            }),
+            br#"{"alpha":[2],"zeta":1}"#
+        );
     }
 }

@@ -25,7 +25,10 @@ pub fn read_tree(root: &Path) -> Result<Layer> {
             .with_context(|| format!("listing {}", dir.display()))?;
         names.sort();
         for name in names {
-            let name = name.to_str().with_context(|| format!("{}: a file name is not UTF-8", dir.display()))?.to_string();
+            let name = name
+                .to_str()
+                .with_context(|| format!("{}: a file name is not UTF-8", dir.display()))?
+                .to_string();
             let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
             let full = root.join(&path);
             let meta = std::fs::symlink_metadata(&full).with_context(|| format!("reading {}", full.display()))?;
@@ -35,7 +38,12 @@ pub fn read_tree(root: &Path) -> Result<Layer> {
                 EntryKind::Dir
             } else if ft.is_symlink() {
                 let t = std::fs::read_link(&full).with_context(|| format!("reading link {}", full.display()))?;
-                EntryKind::Symlink { target: t.to_str().with_context(|| format!("{}: link target is not UTF-8", full.display()))?.into() }
+                EntryKind::Symlink {
+                    target: t
+                        .to_str()
+                        .with_context(|| format!("{}: link target is not UTF-8", full.display()))?
+                        .into(),
+                }
             } else if ft.is_file() {
                 match inodes.get(&(meta.dev(), meta.ino())) {
                     Some(first) if meta.nlink() > 1 => EntryKind::Hardlink { target: first.clone() },
@@ -43,13 +51,19 @@ pub fn read_tree(root: &Path) -> Result<Layer> {
                         if meta.nlink() > 1 {
                             inodes.insert((meta.dev(), meta.ino()), path.clone());
                         }
-                        EntryKind::File { data: std::fs::read(&full).with_context(|| format!("reading {}", full.display()))? }
+                        EntryKind::File {
+                            data: std::fs::read(&full).with_context(|| format!("reading {}", full.display()))?,
+                        }
                     }
                 }
             } else if ft.is_char_device() || ft.is_block_device() {
                 let rdev = meta.rdev();
                 let (major, minor) = (nix::sys::stat::major(rdev) as u32, nix::sys::stat::minor(rdev) as u32);
-                if ft.is_char_device() { EntryKind::CharDevice { major, minor } } else { EntryKind::BlockDevice { major, minor } }
+                if ft.is_char_device() {
+                    EntryKind::CharDevice { major, minor }
+                } else {
+                    EntryKind::BlockDevice { major, minor }
+                }
             } else if ft.is_fifo() {
                 EntryKind::Fifo
             } else {
@@ -59,12 +73,22 @@ pub fn read_tree(root: &Path) -> Result<Layer> {
             if !ft.is_symlink() {
                 for attr in xattr::list(&full).with_context(|| format!("listing xattrs of {}", full.display()))? {
                     let Some(key) = attr.to_str() else { continue };
-                    if let Some(value) = xattr::get(&full, &attr).with_context(|| format!("reading xattr {key} of {}", full.display()))? {
+                    if let Some(value) = xattr::get(&full, &attr)
+                        .with_context(|| format!("reading xattr {key} of {}", full.display()))?
+                    {
                         xattrs.insert(key.to_string(), value);
                     }
                 }
             }
-            entries.push(Entry { path, kind, mode: meta.mode() & 0o7777, uid: meta.uid(), gid: meta.gid(), mtime: meta.mtime().max(0) as u64, xattrs });
+            entries.push(Entry {
+                path,
+                kind,
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                mtime: meta.mtime().max(0) as u64,
+                xattrs,
+            });
         }
     }
     Ok(Layer::from_entries(entries)?)
@@ -85,7 +109,17 @@ mod tests {
         let l = read_tree(r).unwrap();
         let paths: Vec<&str> = l.entries().iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["bin", "usr", "usr/bin", "usr/bin/a", "usr/bin/b"]);
-        assert_eq!(l.get("usr/bin/b").unwrap().kind, EntryKind::Hardlink { target: "usr/bin/a".into() });
-        assert_eq!(l.get("bin").unwrap().kind, EntryKind::Symlink { target: "usr/bin".into() });
+        assert_eq!(
+            l.get("usr/bin/b").unwrap().kind,
+            EntryKind::Hardlink {
+                target: "usr/bin/a".into()
+            }
+        );
+        assert_eq!(
+            l.get("bin").unwrap().kind,
+            EntryKind::Symlink {
+                target: "usr/bin".into()
+            }
+        );
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 pub use tokio_util::sync::CancellationToken;
 
 /// How long the pipeline gets to remove its containers before the process exits anyway.
-pub const GRACE: Duration = Duration::from_millis(1500);
+pub const GRACE: Duration = Duration::from_millis(1000);
 
 /// The exit code of an interrupted run (128 + SIGINT).
 pub const EXIT_CODE: i32 = 130;
@@ -31,7 +31,10 @@ pub fn register_child(pid: u32) {
 
 /// `pid` was stopped by its owner.
 pub fn forget_child(pid: u32) {
-    CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).retain(|&p| i64::from(p) != i64::from(pid));
+    CHILDREN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|&p| i64::from(p) != i64::from(pid));
 }
 
 /// The error a step returns when it stops because of the token.
@@ -43,29 +46,34 @@ pub fn interrupted_error() -> anyhow::Error {
 /// first one.
 pub fn install() -> std::io::Result<CancellationToken> {
     let token = CancellationToken::new();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
     // Register the handlers now, so a signal that comes before the thread runs is not lost.
     let (mut int, mut term) = rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
     })?;
     let cancel = token.clone();
-    std::thread::Builder::new().name("strata-signals".into()).spawn(move || {
-        rt.block_on(async move {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-            tracing::warn!("interrupted: stopping (containers are removed, temporary files deleted)");
-            cancel.cancel();
-            tokio::select! {
-                _ = tokio::time::sleep(GRACE) => {}
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        });
-        exit_now();
-    })?;
+    std::thread::Builder::new()
+        .name("strata-signals".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                tracing::warn!("interrupted: stopping (containers are removed, temporary files deleted)");
+                cancel.cancel();
+                tokio::select! {
+                    _ = tokio::time::sleep(GRACE) => {}
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            });
+            exit_now();
+        })?;
     Ok(token)
 }
 

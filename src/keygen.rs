@@ -87,7 +87,11 @@ fn temp_file(dir: &Path, data: &[u8], mode: u32) -> Result<AtomicFile> {
 }
 
 fn persist(tmp: AtomicFile, path: &Path, force: bool) -> Result<()> {
-    let result = if force { tmp.commit(path) } else { tmp.commit_noclobber(path) };
+    let result = if force {
+        tmp.commit(path)
+    } else {
+        tmp.commit_noclobber(path)
+    };
     result.with_context(|| format!("writing {}", path.display()))
 }
 

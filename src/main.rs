@@ -13,7 +13,10 @@ use tracing_subscriber::fmt::format::FmtSpan;
 
 /// How push, pull and the remote build cache talk to registries.
 fn registry_client(insecure: bool) -> strata::registry::ClientOptions {
-    strata::registry::ClientOptions { insecure, ..Default::default() }
+    strata::registry::ClientOptions {
+        insecure,
+        ..Default::default()
+    }
 }
 
 fn default_cache_dir() -> Result<PathBuf> {
@@ -34,9 +37,14 @@ fn init_logging(verbose: u8, json: bool) -> Option<indicatif::ProgressBar> {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let fmt = tracing_subscriber::fmt::layer().with_span_events(FmtSpan::CLOSE).with_target(verbose > 0);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_span_events(FmtSpan::CLOSE)
+        .with_target(verbose > 0);
     if json {
-        tracing_subscriber::registry().with(filter).with(fmt.json().with_writer(std::io::stderr)).init();
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.json().with_writer(std::io::stderr))
+            .init();
         None
     } else if std::io::stderr().is_terminal() {
         let bar = strata::progress::spinner();
@@ -47,7 +55,10 @@ fn init_logging(verbose: u8, json: bool) -> Option<indicatif::ProgressBar> {
             .init();
         Some(bar)
     } else {
-        tracing_subscriber::registry().with(filter).with(fmt.with_ansi(false).with_writer(std::io::stderr)).init();
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.with_ansi(false).with_writer(std::io::stderr))
+            .init();
         None
     }
 }
@@ -96,7 +107,12 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cpio { dir, output, compression, source_date_epoch } => {
+        Command::Cpio {
+            dir,
+            output,
+            compression,
+            source_date_epoch,
+        } => {
             let compression: strata_format::compress::Compression = compression.parse()?;
             let epoch = match source_date_epoch {
                 Some(e) => Some(e),
@@ -110,30 +126,66 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
             strata::store::write_atomic(&output, &data)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Push { reference, output, cache_dir, version, source, insecure } => {
+        Command::Push {
+            reference,
+            output,
+            cache_dir,
+            version,
+            source,
+            insecure,
+        } => {
             let cache_dir = match cache_dir {
                 Some(d) => d,
                 None => default_cache_dir()?,
             };
-            let opts = strata::registry::push::Options { reference, output, cache_dir, version, source, client: registry_client(insecure) };
+            let opts = strata::registry::push::Options {
+                reference,
+                output,
+                cache_dir,
+                version,
+                source,
+                client: registry_client(insecure),
+            };
             let summary = strata::registry::push::run(&opts).await?;
             for line in summary.lines() {
                 println!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Pull { reference, output, cert, cache_dir, insecure } => {
+        Command::Pull {
+            reference,
+            output,
+            cert,
+            cache_dir,
+            insecure,
+        } => {
             let cache_dir = match cache_dir {
                 Some(d) => d,
                 None => default_cache_dir()?,
             };
-            let opts = strata::registry::pull::Options { reference, output, cache_dir, cert, client: registry_client(insecure) };
+            let opts = strata::registry::pull::Options {
+                reference,
+                output,
+                cache_dir,
+                cert,
+                client: registry_client(insecure),
+            };
             for p in strata::registry::pull::run(&opts).await? {
-                println!("{}\t{}\t{}\treceived {} bytes", p.kind, p.path.display(), p.digest, p.bytes_received);
+                println!(
+                    "{}\t{}\t{}\treceived {} bytes",
+                    p.kind,
+                    p.path.display(),
+                    p.digest,
+                    p.bytes_received
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keygen { output, common_name, force } => {
+        Command::Keygen {
+            output,
+            common_name,
+            force,
+        } => {
             let w = strata::keygen::run(&output, &common_name, force)?;
             println!("key\t{}", w.key.display());
             println!("certificate\t{}\tsha256:{}", w.certificate.display(), w.fingerprint);
@@ -149,12 +201,30 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
         }
         Command::Completions { shell } => {
             use std::io::Write as _;
-            std::io::stdout().write_all(&strata::cli::completions(shell)).context("writing the completion script")?;
+            std::io::stdout()
+                .write_all(&strata::cli::completions(shell))
+                .context("writing the completion script")?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Vm { output, disk, append, memory, kvm } => {
-            let status = strata::vm::run(&strata::vm::Options { output, disk, append, memory_mib: memory, kvm })?;
-            Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        Command::Vm {
+            output,
+            disk,
+            append,
+            memory,
+            kvm,
+        } => {
+            let status = strata::vm::run(&strata::vm::Options {
+                output,
+                disk,
+                append,
+                memory_mib: memory,
+                kvm,
+            })?;
+            Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

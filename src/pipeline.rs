@@ -91,19 +91,60 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
 
     let mut report = Report::default();
     let remote = remote_cache::RemoteCache::new(&opts.remote_cache)?;
-    let engine = LazyEngine { podman: tokio::sync::OnceCell::new(), builder: &builder, cancel: &opts.cancel };
+    let engine = LazyEngine {
+        podman: tokio::sync::OnceCell::new(),
+        builder: &builder,
+        cancel: &opts.cancel,
+    };
     if obtain(&store, &remote, opts.rebuild, "base", &base_key, &base_ref, &mut report).await? {
-        base::build(&Ctx { engine: engine.get().await?, set: &set, store: &store, builder: &builder, epoch, cancel: &opts.cancel }, &base_key, &base_ref)
-            .instrument(info_span!("base_layer"))
-            .await
-            .with_context(|| format!("building the base layer of {} for {}/{}", set.name, set.distribution.id, set.distribution.release))?;
+        base::build(
+            &Ctx {
+                engine: engine.get().await?,
+                set: &set,
+                store: &store,
+                builder: &builder,
+                epoch,
+                cancel: &opts.cancel,
+            },
+            &base_key,
+            &base_ref,
+        )
+        .instrument(info_span!("base_layer"))
+        .await
+        .with_context(|| {
+            format!(
+                "building the base layer of {} for {}/{}",
+                set.name, set.distribution.id, set.distribution.release
+            )
+        })?;
         report.built.push("base".into());
     }
-    if obtain(&store, &remote, opts.rebuild, "kernel", &kernel_key, &kernel_ref, &mut report).await? {
-        kernel::build(&Ctx { engine: engine.get().await?, set: &set, store: &store, builder: &builder, epoch, cancel: &opts.cancel }, &kernel_key, &kernel_ref)
-            .instrument(info_span!("kernel_layer"))
-            .await
-            .with_context(|| format!("building the kernel layer ({}) of {}", set.kernel.package, set.name))?;
+    if obtain(
+        &store,
+        &remote,
+        opts.rebuild,
+        "kernel",
+        &kernel_key,
+        &kernel_ref,
+        &mut report,
+    )
+    .await?
+    {
+        kernel::build(
+            &Ctx {
+                engine: engine.get().await?,
+                set: &set,
+                store: &store,
+                builder: &builder,
+                epoch,
+                cancel: &opts.cancel,
+            },
+            &kernel_key,
+            &kernel_ref,
+        )
+        .instrument(info_span!("kernel_layer"))
+        .await
+        .with_context(|| format!("building the kernel layer ({}) of {}", set.kernel.package, set.name))?;
         report.built.push("kernel".into());
     }
     remote.publish(&store, "base", &base_key, &base_ref).await?;
@@ -121,10 +162,30 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
         let key = plan::extension_key(&set, &builder, epoch, &base_blob, x);
         let name = plan::layer_ref(&kind, &key);
         if obtain(&store, &remote, opts.rebuild, &kind, &key, &name, &mut report).await? {
-            extension::build(&Ctx { engine: engine.get().await?, set: &set, store: &store, builder: &builder, epoch, cancel: &opts.cancel }, x, &base_ref, &key, &name)
-                .instrument(info_span!("extension_layer", extension = %x.name))
-                .await
-                .with_context(|| format!("building the extension layer `{}` of {} ({})", x.name, set.name, x.file.display()))?;
+            extension::build(
+                &Ctx {
+                    engine: engine.get().await?,
+                    set: &set,
+                    store: &store,
+                    builder: &builder,
+                    epoch,
+                    cancel: &opts.cancel,
+                },
+                x,
+                &base_ref,
+                &key,
+                &name,
+            )
+            .instrument(info_span!("extension_layer", extension = %x.name))
+            .await
+            .with_context(|| {
+                format!(
+                    "building the extension layer `{}` of {} ({})",
+                    x.name,
+                    set.name,
+                    x.file.display()
+                )
+            })?;
             report.built.push(kind.clone());
         }
         remote.publish(&store, &kind, &key, &name).await?;
@@ -132,21 +193,34 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
         extension_layers.push((*x, layer_blob(&store, &name)?));
     }
 
-    let inputs = ProductInputs { base_ref: &base_ref, kernel_ref: &kernel_ref, extensions: &extension_layers, signing: signing.as_ref() };
-    let products = write_products(&set, &store, &inputs, layers, &opts.output, &engine).instrument(info_span!("products")).await?;
+    let inputs = ProductInputs {
+        base_ref: &base_ref,
+        kernel_ref: &kernel_ref,
+        extensions: &extension_layers,
+        signing: signing.as_ref(),
+    };
+    let products = write_products(&set, &store, &inputs, layers, &opts.output, &engine)
+        .instrument(info_span!("products"))
+        .await?;
     info!(elapsed = ?start.elapsed(), built = ?report.built, cached = ?report.cached, pulled = ?report.pulled, output = %opts.output.display(), "build finished");
     Ok((report, products))
 }
 
 /// The extensions `--extension` asks for (all of the set's by default), by name.
 fn select_extensions<'a>(set: &'a LayerSet, wanted: Option<&[String]>) -> Result<Vec<&'a crate::config::Extension>> {
-    let Some(wanted) = wanted else { return Ok(set.extensions.iter().collect()) };
+    let Some(wanted) = wanted else {
+        return Ok(set.extensions.iter().collect());
+    };
     wanted
         .iter()
         .map(|w| {
             set.extension(w).with_context(|| {
                 let known: Vec<&str> = set.extensions.iter().map(|x| x.name.as_str()).collect();
-                format!("--extension {w}: the layer set {} has no extension `{w}` (it has: {})", set.dir.display(), known.join(", "))
+                format!(
+                    "--extension {w}: the layer set {} has no extension `{w}` (it has: {})",
+                    set.dir.display(),
+                    known.join(", ")
+                )
             })
         })
         .collect()
@@ -210,7 +284,10 @@ impl crate::products::sysext::ErofsMaker for LazyEngine<'_> {
 /// The blob of the one-layer image named `name`.
 fn layer_blob(store: &Store, name: &str) -> Result<Digest> {
     let m = oci::get_manifest(store, name)?.with_context(|| format!("layer {name} vanished from the store"))?;
-    let first = m.layers().first().with_context(|| format!("layer {name} has no layer blob"))?;
+    let first = m
+        .layers()
+        .first()
+        .with_context(|| format!("layer {name} has no layer blob"))?;
     Ok(oci::layer_digest(first)?.0)
 }
 
@@ -233,14 +310,21 @@ async fn write_products(
     output: &Path,
     erofs: &impl crate::products::sysext::ErofsMaker,
 ) -> Result<Products> {
-    let base = oci::get_manifest(store, inputs.base_ref)?.with_context(|| format!("layer {} vanished from the store", inputs.base_ref))?;
-    let kernel =
-        oci::get_manifest(store, inputs.kernel_ref)?.with_context(|| format!("layer {} vanished from the store", inputs.kernel_ref))?;
+    let base = oci::get_manifest(store, inputs.base_ref)?
+        .with_context(|| format!("layer {} vanished from the store", inputs.base_ref))?;
+    let kernel = oci::get_manifest(store, inputs.kernel_ref)?
+        .with_context(|| format!("layer {} vanished from the store", inputs.kernel_ref))?;
     let (base_blob, _) = oci::layer_digest(&base.layers()[0])?;
     let base_ann = base.annotations().clone().unwrap_or_default();
-    let epoch: u64 = base_ann.get(oci::ANN_EPOCH).and_then(|e| e.parse().ok()).context("base layer without an epoch annotation")?;
+    let epoch: u64 = base_ann
+        .get(oci::ANN_EPOCH)
+        .and_then(|e| e.parse().ok())
+        .context("base layer without an epoch annotation")?;
     let kernel_ann = kernel.annotations().clone().unwrap_or_default();
-    let version = kernel_ann.get(oci::ANN_KERNEL_VERSION).cloned().context("kernel layer without a version annotation")?;
+    let version = kernel_ann
+        .get(oci::ANN_KERNEL_VERSION)
+        .cloned()
+        .context("kernel layer without a version annotation")?;
     let mut kernel_image = None;
     let mut modules_blob = None;
     for l in kernel.layers() {
@@ -267,8 +351,14 @@ async fn write_products(
     };
     if let Some(signing) = inputs.signing {
         // Its own member, so the base layer (and its cached member) serve every key.
-        let data = crate::products::initrd::write_member(&crate::products::sysext::certificate_layer(signing, epoch)?, set.base.compression)?;
-        members.push(crate::products::initrd::Member { digest: Digest::of(&data), data });
+        let data = crate::products::initrd::write_member(
+            &crate::products::sysext::certificate_layer(signing, epoch)?,
+            set.base.compression,
+        )?;
+        members.push(crate::products::initrd::Member {
+            digest: Digest::of(&data),
+            data,
+        });
     }
     let initrd_name = match set.base.compression.extension() {
         Some(ext) => format!("initrd.cpio.{ext}"),
@@ -276,8 +366,13 @@ async fn write_products(
     };
     let initrd_path = output.join(&initrd_name);
     let (sha256, size) = crate::products::initrd::concatenate(&members, &initrd_path)?;
-    let initrd =
-        Product::initrd(&initrd_name, sha256, size, set.base.compression, members.iter().map(|m| m.digest.to_string()).collect());
+    let initrd = Product::initrd(
+        &initrd_name,
+        sha256,
+        size,
+        set.base.compression,
+        members.iter().map(|m| m.digest.to_string()).collect(),
+    );
 
     let kernel_name = "vmlinuz".to_string();
     let vmlinuz = store.read_blob(&kernel_image)?;
@@ -286,13 +381,16 @@ async fn write_products(
 
     let mut all = vec![kernel, initrd];
     if !inputs.extensions.is_empty() {
-        let os_release = base_ann.get(oci::ANN_OS_RELEASE).context("base layer without an os-release annotation")?;
+        let os_release = base_ann
+            .get(oci::ANN_OS_RELEASE)
+            .context("base layer without an os-release annotation")?;
         let arch = crate::products::sysext::arch(&set.distribution.architecture)?;
         for (x, blob) in inputs.extensions {
             let release = crate::products::sysext::release(os_release, arch, x);
-            let images = crate::products::sysext::write_images(store, x, blob, &release, epoch, inputs.signing, output, erofs)
-                .instrument(info_span!("extension_image", extension = %x.name))
-                .await?;
+            let images =
+                crate::products::sysext::write_images(store, x, blob, &release, epoch, inputs.signing, output, erofs)
+                    .instrument(info_span!("extension_image", extension = %x.name))
+                    .await?;
             all.extend(images);
         }
     }
@@ -302,8 +400,9 @@ async fn write_products(
     Ok(products)
 }
 
-
 /// Run CPU work on tokio's blocking pool.
 pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(work).await.context("a worker thread failed")?
+    tokio::task::spawn_blocking(work)
+        .await
+        .context("a worker thread failed")?
 }

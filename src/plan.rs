@@ -49,7 +49,11 @@ fn key<T: Serialize>(kind: &'static str, set: &LayerSet, builder: &str, epoch: O
 /// The base (userspace) layer's key. Compression is not part of it: it applies to the
 /// initrd made from the layer, which has its own key ([`initrd_member_ref`]).
 pub fn base_key(set: &LayerSet, builder: &str, epoch: Option<u64>) -> Digest {
-    let Base { packages, remove, compression: _ } = &set.base;
+    let Base {
+        packages,
+        remove,
+        compression: _,
+    } = &set.base;
     key("base", set, builder, epoch, &BaseKey { packages, remove })
 }
 
@@ -125,13 +129,27 @@ modules = ["ext4"]
         assert_eq!(k, base_key(&s, "builder:a", None), "deterministic");
         assert_ne!(k, base_key(&s, "builder:b", None), "builder image");
         assert_ne!(k, base_key(&s, "builder:a", Some(1)), "SOURCE_DATE_EPOCH");
-        assert_ne!(k, base_key(&set(&SET.replace("\"udev\"", "\"udev\", \"kmod\"")), "builder:a", None), "packages");
-        assert_ne!(k, base_key(&set(&SET.replace("trixie", "forky")), "builder:a", None), "release");
+        assert_ne!(
+            k,
+            base_key(&set(&SET.replace("\"udev\"", "\"udev\", \"kmod\"")), "builder:a", None),
+            "packages"
+        );
+        assert_ne!(
+            k,
+            base_key(&set(&SET.replace("trixie", "forky")), "builder:a", None),
+            "release"
+        );
         // Compression decides the initrd, not the layer.
         assert_eq!(k, base_key(&set(&SET.replace("zstd:19", "xz")), "builder:a", None));
         // The kernel key does not move with the base package list.
         let kk = kernel_key(&s, "builder:a", None);
-        assert_eq!(kk, kernel_key(&set(&SET.replace("\"udev\"", "\"udev\", \"kmod\"")), "builder:a", None));
-        assert_ne!(kk, kernel_key(&set(&SET.replace("[\"ext4\"]", "[\"xfs\"]")), "builder:a", None));
+        assert_eq!(
+            kk,
+            kernel_key(&set(&SET.replace("\"udev\"", "\"udev\", \"kmod\"")), "builder:a", None)
+        );
+        assert_ne!(
+            kk,
+            kernel_key(&set(&SET.replace("[\"ext4\"]", "[\"xfs\"]")), "builder:a", None)
+        );
     }
 }

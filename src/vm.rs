@@ -22,7 +22,11 @@ pub struct Options {
 
 /// The qemu command line (pure; unit-tested).
 pub fn qemu_argv(kernel: &Path, initrd: &Path, opts: &Options) -> Vec<String> {
-    let mut cmdline = vec!["console=ttyS0".to_string(), "panic=-1".into(), "systemd.show_status=1".into()];
+    let mut cmdline = vec![
+        "console=ttyS0".to_string(),
+        "panic=-1".into(),
+        "systemd.show_status=1".into(),
+    ];
     if opts.disk.is_some() {
         cmdline.push("root=/dev/vda".into());
         cmdline.push("rw".into());
@@ -70,7 +74,12 @@ mod tests {
 
     #[test]
     fn argv_with_disk_and_append() {
-        let o = Options { disk: Some("root.img".into()), append: vec!["quiet".into()], memory_mib: 1024, ..Default::default() };
+        let o = Options {
+            disk: Some("root.img".into()),
+            append: vec!["quiet".into()],
+            memory_mib: 1024,
+            ..Default::default()
+        };
         let a = qemu_argv(Path::new("out/vmlinuz"), Path::new("out/initrd.cpio.zst"), &o);
         let line = a.join(" ");
         assert!(line.contains("-kernel out/vmlinuz -initrd out/initrd.cpio.zst"));

@@ -129,8 +129,9 @@ fn build(dir: &Path, addr: &str, what: &str) -> (String, Vec<u8>) {
 }
 
 #[test]
+#[ignore = "registry: needs the loopback registry on 127.0.0.1:5000 of ci/registry.sh (run with --include-ignored; ci/test.sh does)"]
 fn a_killed_push_completes_when_run_again() {
-    let Some(addr) = support::registry() else { return };
+    let addr = support::registry();
     let tmp = tempfile::tempdir().unwrap();
     let (reference, initrd) = build(tmp.path(), &addr, "push");
     let (out, cache) = (tmp.path().join("out"), tmp.path().join("cache"));
@@ -161,8 +162,9 @@ fn a_killed_push_completes_when_run_again() {
 }
 
 #[test]
+#[ignore = "registry: needs the loopback registry on 127.0.0.1:5000 of ci/registry.sh (run with --include-ignored; ci/test.sh does)"]
 fn a_killed_pull_completes_when_run_again() {
-    let Some(addr) = support::registry() else { return };
+    let addr = support::registry();
     let tmp = tempfile::tempdir().unwrap();
     let (reference, initrd) = build(tmp.path(), &addr, "pull");
     let (out, cache) = (tmp.path().join("out"), tmp.path().join("cache"));

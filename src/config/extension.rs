@@ -109,9 +109,16 @@ struct RawExtraFile {
 /// Parse one extension file. `dir` is the layer-set directory extra files are read from.
 pub fn parse(file: &Path, text: &str, dir: &Path) -> Result<Extension, ConfigError> {
     let err_at = err_fn(file, text);
-    let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if let Err(e) = strata_format::sysext::check_name(&name) {
-        return Err(err_at(None, None, format!("{e} (the file name is the extension's name)")));
+        return Err(err_at(
+            None,
+            None,
+            format!("{e} (the file name is the extension's name)"),
+        ));
     }
     let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(e, &err_at))?;
     let x = raw.extension;
@@ -123,12 +130,24 @@ pub fn parse(file: &Path, text: &str, dir: &Path) -> Result<Extension, ConfigErr
         ));
     }
     let packages = package_list(x.packages.into_inner(), "extension.packages", &err_at)?;
-    let remove = x.remove.iter().map(|r| check_remove_glob(r, "extension.remove", &err_at)).collect::<Result<_, _>>()?;
-    let files = x.files.into_iter().map(|f| extra_file(f, dir, &err_at)).collect::<Result<Vec<_>, _>>()?;
+    let remove = x
+        .remove
+        .iter()
+        .map(|r| check_remove_glob(r, "extension.remove", &err_at))
+        .collect::<Result<_, _>>()?;
+    let files = x
+        .files
+        .into_iter()
+        .map(|f| extra_file(f, dir, &err_at))
+        .collect::<Result<Vec<_>, _>>()?;
     let scope = match x.scope {
         None => vec!["initrd".to_string()],
         Some(s) if s.get_ref().is_empty() => {
-            return Err(err_at(Some(s.span()), Some("extension.scope"), format!("empty scope; use some of {SCOPES:?}")));
+            return Err(err_at(
+                Some(s.span()),
+                Some("extension.scope"),
+                format!("empty scope; use some of {SCOPES:?}"),
+            ));
         }
         Some(s) => s
             .into_inner()
@@ -174,19 +193,39 @@ fn extra_file(f: Spanned<RawExtraFile>, dir: &Path, err_at: &ErrAt) -> Result<Ex
     let f = f.into_inner();
     let path = f.path.get_ref().trim_start_matches('/').to_string();
     if path.is_empty() || path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-        return Err(err_at(Some(f.path.span()), Some("extension.files.path"), format!("`{}` is not a path inside the layer", f.path.get_ref())));
+        return Err(err_at(
+            Some(f.path.span()),
+            Some("extension.files.path"),
+            format!("`{}` is not a path inside the layer", f.path.get_ref()),
+        ));
     }
     let mode = match &f.mode {
         None => 0o644,
-        Some(m) => u32::from_str_radix(m.get_ref(), 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
-            err_at(Some(m.span()), Some("extension.files.mode"), format!("`{}` is not an octal mode like \"0644\"", m.get_ref()))
-        })?,
+        Some(m) => u32::from_str_radix(m.get_ref(), 8)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+            .ok_or_else(|| {
+                err_at(
+                    Some(m.span()),
+                    Some("extension.files.mode"),
+                    format!("`{}` is not an octal mode like \"0644\"", m.get_ref()),
+                )
+            })?,
     };
     let source = dir.join(f.source.get_ref());
     let data = std::fs::read(&source).map_err(|e| {
-        err_at(Some(f.source.span()), Some("extension.files.source"), format!("cannot read {}: {e}", source.display()))
+        err_at(
+            Some(f.source.span()),
+            Some("extension.files.source"),
+            format!("cannot read {}: {e}", source.display()),
+        )
     })?;
-    Ok(ExtraFile { path, mode, source, data })
+    Ok(ExtraFile {
+        path,
+        mode,
+        source,
+        data,
+    })
 }
 
 #[cfg(test)]
@@ -216,17 +255,40 @@ files = [{ source = "dhcp.network", path = "/usr/lib/systemd/network/80-dhcp.net
         assert_eq!(x.filesystem, Filesystem::Squashfs);
         assert_eq!(x.remove, ["etc/ssh/ssh_host_*"]);
         assert_eq!(x.files[0].path, "usr/lib/systemd/network/80-dhcp.network");
-        assert_eq!((x.files[0].mode, x.files[0].data.as_slice()), (0o644, &b"[Match]\nName=en*\n"[..]));
+        assert_eq!(
+            (x.files[0].mode, x.files[0].data.as_slice()),
+            (0o644, &b"[Match]\nName=en*\n"[..])
+        );
     }
 
     #[test]
     fn bad_extensions_name_line_and_key() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
-            ("[extension]\npackages = []\n", 2, Some("extension.packages"), "would hold nothing"),
-            ("[extension]\npackages = [\"ok\"]\nscope = [\"usr\"]\n", 3, Some("extension.scope"), "unknown scope `usr`"),
-            ("[extension]\npackages = [\"ok\"]\ncolour = 1\n", 3, Some("colour"), "unknown field"),
-            ("[extension]\npackages = [\"ok\"]\nfilesystem = \"ext4\"\n", 3, Some("extension.filesystem"), "unknown file system `ext4`"),
+            (
+                "[extension]\npackages = []\n",
+                2,
+                Some("extension.packages"),
+                "would hold nothing",
+            ),
+            (
+                "[extension]\npackages = [\"ok\"]\nscope = [\"usr\"]\n",
+                3,
+                Some("extension.scope"),
+                "unknown scope `usr`",
+            ),
+            (
+                "[extension]\npackages = [\"ok\"]\ncolour = 1\n",
+                3,
+                Some("colour"),
+                "unknown field",
+            ),
+            (
+                "[extension]\npackages = [\"ok\"]\nfilesystem = \"ext4\"\n",
+                3,
+                Some("extension.filesystem"),
+                "unknown file system `ext4`",
+            ),
             (
                 "[extension]\npackages = [\"ok\"]\nfiles = [{ source = \"nope\", path = \"usr/x\" }]\n",
                 3,
@@ -245,7 +307,12 @@ files = [{ source = "dhcp.network", path = "/usr/lib/systemd/network/80-dhcp.net
             assert_eq!((e.line, e.key.as_deref()), (line, key), "{e}");
             assert!(e.message.contains(msg), "{e}");
         }
-        let e = parse(&dir.path().join("my_ext.toml"), "[extension]\npackages = [\"ok\"]\n", dir.path()).unwrap_err();
+        let e = parse(
+            &dir.path().join("my_ext.toml"),
+            "[extension]\npackages = [\"ok\"]\n",
+            dir.path(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("invalid extension name `my_ext`"), "{e}");
     }
 }

@@ -148,7 +148,8 @@ impl LayerSet {
         let entries = std::fs::read_dir(dir).with_context(|| format!("listing the layer set {}", dir.display()))?;
         let others = extension_files(dir, entries.map(|e| e.map(|e| e.path())))?;
         for file in others {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading the extension layer {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading the extension layer {}", file.display()))?;
             set.extensions.push(extension::parse(&file, &text, dir)?);
         }
         Ok(set)
@@ -163,11 +164,15 @@ impl LayerSet {
 /// The extension files among a layer set's directory entries (`*.toml` but `base.toml`),
 /// sorted. An entry that cannot be read could be an extension: it is an error naming the
 /// directory, never silently dropped.
-fn extension_files(dir: &Path, entries: impl Iterator<Item = std::io::Result<PathBuf>>) -> anyhow::Result<Vec<PathBuf>> {
+fn extension_files(
+    dir: &Path,
+    entries: impl Iterator<Item = std::io::Result<PathBuf>>,
+) -> anyhow::Result<Vec<PathBuf>> {
     use anyhow::Context as _;
     let mut files = Vec::new();
     for entry in entries {
-        let path = entry.with_context(|| format!("listing the layer set {}: an entry cannot be read", dir.display()))?;
+        let path =
+            entry.with_context(|| format!("listing the layer set {}: an entry cannot be read", dir.display()))?;
         if path.extension().is_some_and(|e| e == "toml") && path.file_name().is_some_and(|n| n != "base.toml") {
             files.push(path);
         }
@@ -186,18 +191,30 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
         return Err(err_at(
             Some(d.id.span()),
             Some("distribution.id"),
-            format!("unsupported distribution `{}`: strata has a builder image for `debian` only", d.id.get_ref()),
+            format!(
+                "unsupported distribution `{}`: strata has a builder image for `debian` only",
+                d.id.get_ref()
+            ),
         ));
     }
     check_word(&d.release, "distribution.release", &err_at)?;
     if let Some(m) = &d.mirror
         && !(m.get_ref().starts_with("http://") || m.get_ref().starts_with("https://"))
     {
-        return Err(err_at(Some(m.span()), Some("distribution.mirror"), format!("mirror `{}` must be an http:// or https:// URL", m.get_ref())));
+        return Err(err_at(
+            Some(m.span()),
+            Some("distribution.mirror"),
+            format!("mirror `{}` must be an http:// or https:// URL", m.get_ref()),
+        ));
     }
-    let mirror = d.mirror.map_or_else(|| DEFAULT_DEBIAN_MIRROR.to_string(), |m| m.into_inner());
+    let mirror = d
+        .mirror
+        .map_or_else(|| DEFAULT_DEBIAN_MIRROR.to_string(), |m| m.into_inner());
     let components = match d.components {
-        Some(c) => c.into_iter().map(|c| check_word(&c, "distribution.components", &err_at).map(|_| c.into_inner())).collect::<Result<_, _>>()?,
+        Some(c) => c
+            .into_iter()
+            .map(|c| check_word(&c, "distribution.components", &err_at).map(|_| c.into_inner()))
+            .collect::<Result<_, _>>()?,
         None => vec!["main".to_string()],
     };
     let architecture = match d.architecture {
@@ -210,24 +227,43 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
 
     let b = raw.base;
     if b.packages.get_ref().is_empty() {
-        return Err(err_at(Some(b.packages.span()), Some("base.packages"), "the package list is empty".into()));
+        return Err(err_at(
+            Some(b.packages.span()),
+            Some("base.packages"),
+            "the package list is empty".into(),
+        ));
     }
     let packages = package_list(b.packages.into_inner(), "base.packages", &err_at)?;
-    let remove = b.remove.iter().map(|r| check_remove_glob(r, "base.remove", &err_at)).collect::<Result<_, _>>()?;
+    let remove = b
+        .remove
+        .iter()
+        .map(|r| check_remove_glob(r, "base.remove", &err_at))
+        .collect::<Result<_, _>>()?;
     let compression = match b.compression {
-        Some(c) => c.get_ref().parse::<Compression>().map_err(|e| err_at(Some(c.span()), Some("base.compression"), e.to_string()))?,
+        Some(c) => c
+            .get_ref()
+            .parse::<Compression>()
+            .map_err(|e| err_at(Some(c.span()), Some("base.compression"), e.to_string()))?,
         None => Compression::DEFAULT,
     };
 
     let k = raw.kernel;
     check_package(&k.package, "kernel.package", &err_at)?;
     if k.modules.get_ref().is_empty() {
-        return Err(err_at(Some(k.modules.span()), Some("kernel.modules"), "no modules selected".into()));
+        return Err(err_at(
+            Some(k.modules.span()),
+            Some("kernel.modules"),
+            "no modules selected".into(),
+        ));
     }
     let mut modules = Vec::new();
     for m in k.modules.into_inner() {
         if m.get_ref().is_empty() || glob::Pattern::new(m.get_ref()).is_err() {
-            return Err(err_at(Some(m.span()), Some("kernel.modules"), format!("`{}` is not a module name or glob", m.get_ref())));
+            return Err(err_at(
+                Some(m.span()),
+                Some("kernel.modules"),
+                format!("`{}` is not a module name or glob", m.get_ref()),
+            ));
         }
         modules.push(m.into_inner());
     }
@@ -236,9 +272,23 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
     Ok(LayerSet {
         dir: PathBuf::new(),
         name: String::new(),
-        distribution: Distribution { id: d.id.into_inner(), release: d.release.into_inner(), mirror, components, architecture },
-        base: Base { packages, remove, compression },
-        kernel: Kernel { package: k.package.into_inner(), modules, firmware_packages },
+        distribution: Distribution {
+            id: d.id.into_inner(),
+            release: d.release.into_inner(),
+            mirror,
+            components,
+            architecture,
+        },
+        base: Base {
+            packages,
+            remove,
+            compression,
+        },
+        kernel: Kernel {
+            package: k.package.into_inner(),
+            modules,
+            firmware_packages,
+        },
         extensions: vec![],
     })
 }
@@ -246,10 +296,19 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
 type ErrAt<'a> = dyn Fn(Option<Range<usize>>, Option<&str>, String) -> ConfigError + 'a;
 
 /// An error maker for `file`: a span in `text` becomes line and column.
-fn err_fn<'a>(file: &'a Path, text: &'a str) -> impl Fn(Option<Range<usize>>, Option<&str>, String) -> ConfigError + 'a {
+fn err_fn<'a>(
+    file: &'a Path,
+    text: &'a str,
+) -> impl Fn(Option<Range<usize>>, Option<&str>, String) -> ConfigError + 'a {
     move |span, key, message| {
         let (line, column) = span.map_or((1, 1), |s| line_col(text, s.start));
-        ConfigError { file: file.to_path_buf(), line, column, key: key.map(str::to_string), message }
+        ConfigError {
+            file: file.to_path_buf(),
+            line,
+            column,
+            key: key.map(str::to_string),
+            message,
+        }
     }
 }
 
@@ -264,7 +323,11 @@ fn toml_error(e: toml::de::Error, err_at: &ErrAt) -> ConfigError {
 fn check_remove_glob(r: &Spanned<String>, key: &str, err_at: &ErrAt) -> Result<String, ConfigError> {
     let p = r.get_ref().trim_start_matches('/');
     if p.is_empty() || p.split('/').any(|c| c == "..") || glob::Pattern::new(p).is_err() {
-        return Err(err_at(Some(r.span()), Some(key), format!("`{}` is not a path glob inside the layer", r.get_ref())));
+        return Err(err_at(
+            Some(r.span()),
+            Some(key),
+            format!("`{}` is not a path glob inside the layer", r.get_ref()),
+        ));
     }
     Ok(p.to_string())
 }
@@ -274,7 +337,11 @@ fn package_list(list: Vec<Spanned<String>>, key: &str, err_at: &ErrAt) -> Result
     for p in list {
         check_package(&p, key, err_at)?;
         if out.contains(p.get_ref()) {
-            return Err(err_at(Some(p.span()), Some(key), format!("package `{}` is listed twice", p.get_ref())));
+            return Err(err_at(
+                Some(p.span()),
+                Some(key),
+                format!("package `{}` is listed twice", p.get_ref()),
+            ));
         }
         out.push(p.into_inner());
     }
@@ -287,11 +354,17 @@ fn check_package(p: &Spanned<String>, key: &str, err_at: &ErrAt) -> Result<(), C
     let name = p.get_ref();
     let ok = name.len() >= 2
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
     if ok {
         Ok(())
     } else {
-        Err(err_at(Some(p.span()), Some(key), format!("`{name}` is not a valid Debian package name")))
+        Err(err_at(
+            Some(p.span()),
+            Some(key),
+            format!("`{name}` is not a valid Debian package name"),
+        ))
     }
 }
 
@@ -359,13 +432,48 @@ modules = ["virtio_blk", "ext4"]
     #[test]
     fn bad_values_point_at_their_line() {
         let cases = [
-            (GOOD.replace("\"udev\"", "\"Udev!\""), 7, "base.packages", "not a valid Debian package name"),
-            (GOOD.replace("\"udev\"", "\"systemd\""), 7, "base.packages", "listed twice"),
-            (GOOD.replace("compression = \"xz\"", "compression = \"lz5\""), 9, "base.compression", "unknown compression"),
-            (GOOD.replace("id = \"debian\"", "id = \"arch\""), 3, "distribution.id", "unsupported distribution"),
-            (GOOD.replace("[\"virtio_blk\", \"ext4\"]", "[]"), 13, "kernel.modules", "no modules"),
-            (GOOD.replace("[\"usr/share/doc\"]", "[\"../etc\"]"), 8, "base.remove", "not a path glob"),
-            (GOOD.replace("release = \"trixie\"", "release = \"trixie\"\nmirror = \"ftp://x\""), 5, "distribution.mirror", "must be an http"),
+            (
+                GOOD.replace("\"udev\"", "\"Udev!\""),
+                7,
+                "base.packages",
+                "not a valid Debian package name",
+            ),
+            (
+                GOOD.replace("\"udev\"", "\"systemd\""),
+                7,
+                "base.packages",
+                "listed twice",
+            ),
+            (
+                GOOD.replace("compression = \"xz\"", "compression = \"lz5\""),
+                9,
+                "base.compression",
+                "unknown compression",
+            ),
+            (
+                GOOD.replace("id = \"debian\"", "id = \"arch\""),
+                3,
+                "distribution.id",
+                "unsupported distribution",
+            ),
+            (
+                GOOD.replace("[\"virtio_blk\", \"ext4\"]", "[]"),
+                13,
+                "kernel.modules",
+                "no modules",
+            ),
+            (
+                GOOD.replace("[\"usr/share/doc\"]", "[\"../etc\"]"),
+                8,
+                "base.remove",
+                "not a path glob",
+            ),
+            (
+                GOOD.replace("release = \"trixie\"", "release = \"trixie\"\nmirror = \"ftp://x\""),
+                5,
+                "distribution.mirror",
+                "must be an http",
+            ),
         ];
         for (text, line, key, msg) in cases {
             let e = parse_str(&text).unwrap_err();
@@ -384,11 +492,22 @@ modules = ["virtio_blk", "ext4"]
     #[test]
     fn an_unreadable_directory_entry_is_an_error_not_a_dropped_extension() {
         let dir = Path::new("layers/test");
-        let ok = [Ok(dir.join("storage.toml")), Ok(dir.join("base.toml")), Ok(dir.join("README")), Ok(dir.join("network.toml"))];
-        assert_eq!(extension_files(dir, ok.into_iter()).unwrap(), [dir.join("network.toml"), dir.join("storage.toml")]);
+        let ok = [
+            Ok(dir.join("storage.toml")),
+            Ok(dir.join("base.toml")),
+            Ok(dir.join("README")),
+            Ok(dir.join("network.toml")),
+        ];
+        assert_eq!(
+            extension_files(dir, ok.into_iter()).unwrap(),
+            [dir.join("network.toml"), dir.join("storage.toml")]
+        );
         let broken = [Ok(dir.join("network.toml")), Err(std::io::Error::from_raw_os_error(5))];
         let e = format!("{:#}", extension_files(dir, broken.into_iter()).unwrap_err());
-        assert!(e.contains("listing the layer set layers/test: an entry cannot be read"), "{e}");
+        assert!(
+            e.contains("listing the layer set layers/test: an entry cannot be read"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -60,7 +60,12 @@ impl Engine for Fake {
 
     async fn exec(&self, _id: &str, argv: &[String]) -> Result<ExecOutput, Error> {
         self.record(Call::Exec(argv.to_vec()));
-        Ok(self.exec_answers.lock().expect("not poisoned").pop_front().unwrap_or_default())
+        Ok(self
+            .exec_answers
+            .lock()
+            .expect("not poisoned")
+            .pop_front()
+            .unwrap_or_default())
     }
 
     async fn put_archive(&self, _id: &str, dest_dir: &str, _tar: Vec<u8>) -> Result<(), Error> {
@@ -70,10 +75,15 @@ impl Engine for Fake {
 
     async fn get_archive(&self, _id: &str, path: &str) -> Result<Vec<u8>, Error> {
         self.record(Call::GetArchive(path.into()));
-        self.archives.lock().expect("not poisoned").get(path).cloned().ok_or_else(|| Error::Api {
-            operation: format!("fake: no archive scripted for {path}"),
-            source: "not scripted".into(),
-        })
+        self.archives
+            .lock()
+            .expect("not poisoned")
+            .get(path)
+            .cloned()
+            .ok_or_else(|| Error::Api {
+                operation: format!("fake: no archive scripted for {path}"),
+                source: "not scripted".into(),
+            })
     }
 
     async fn remove(&self, id: &str) -> Result<(), Error> {

@@ -86,12 +86,24 @@ impl Tail {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("podman is not installed (not found on PATH) and no container API socket answers; install podman (see ci/setup.sh) or point CONTAINER_HOST at a running API service")]
+    #[error(
+        "podman is not installed (not found on PATH) and no container API socket answers; install podman (see ci/setup.sh) or point CONTAINER_HOST at a running API service"
+    )]
     PodmanMissing,
-    #[error("{var}={socket} does not answer: {reason}. Start the service (`podman system service --time=0 {socket}`) or unset {var} to let strata start its own")]
-    SocketDead { var: &'static str, socket: String, reason: String },
+    #[error(
+        "{var}={socket} does not answer: {reason}. Start the service (`podman system service --time=0 {socket}`) or unset {var} to let strata start its own"
+    )]
+    SocketDead {
+        var: &'static str,
+        socket: String,
+        reason: String,
+    },
     #[error("started `podman system service` on {socket}, but it did not answer within {seconds} s: {stderr}")]
-    ServiceStart { socket: String, seconds: u64, stderr: String },
+    ServiceStart {
+        socket: String,
+        seconds: u64,
+        stderr: String,
+    },
     #[error("container engine: {operation}")]
     Api {
         operation: String,
@@ -107,7 +119,12 @@ pub trait Engine: Send + Sync {
     /// Whether an image with this tag exists locally.
     fn image_exists(&self, tag: &str) -> impl Future<Output = Result<bool, Error>> + Send;
     /// Build `containerfile` (a path inside `context_tar`) and tag it `tag`.
-    fn build_image(&self, tag: &str, containerfile: &str, context_tar: Vec<u8>) -> impl Future<Output = Result<(), Error>> + Send;
+    fn build_image(
+        &self,
+        tag: &str,
+        containerfile: &str,
+        context_tar: Vec<u8>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
     /// Create and start a long-lived container (it runs `sleep infinity`); returns its id.
     fn create(&self, spec: &ContainerSpec) -> impl Future<Output = Result<String, Error>> + Send;
     /// Run `argv` in the container; output is logged at debug level as it streams.

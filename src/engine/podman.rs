@@ -58,7 +58,10 @@ impl Drop for Service {
 
 fn api(operation: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> Error {
     let operation = operation.into();
-    move |e| Error::Api { operation, source: Box::new(e) }
+    move |e| Error::Api {
+        operation,
+        source: Box::new(e),
+    }
 }
 
 /// Where a socket candidate came from.
@@ -75,16 +78,25 @@ pub fn candidates(env: impl Fn(&str) -> Option<String>, uid: u32) -> Vec<Candida
     let mut out = Vec::new();
     for var in ["CONTAINER_HOST", "DOCKER_HOST"] {
         if let Some(v) = env(var).filter(|v| !v.is_empty()) {
-            out.push(Candidate { var: Some(var), socket: v });
+            out.push(Candidate {
+                var: Some(var),
+                socket: v,
+            });
             // An explicit setting is the user's choice: don't look further.
             return out;
         }
     }
     if let Some(dir) = env("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        out.push(Candidate { var: None, socket: format!("unix://{dir}/podman/podman.sock") });
+        out.push(Candidate {
+            var: None,
+            socket: format!("unix://{dir}/podman/podman.sock"),
+        });
     }
     if uid == 0 {
-        out.push(Candidate { var: None, socket: "unix:///run/podman/podman.sock".into() });
+        out.push(Candidate {
+            var: None,
+            socket: "unix:///run/podman/podman.sock".into(),
+        });
     }
     out
 }
@@ -97,11 +109,19 @@ impl Podman {
             match try_connect(&c.socket).await {
                 Ok(docker) => {
                     info!(socket = %c.socket, "using the container API");
-                    return Ok(Podman { docker, socket: c.socket, service: None });
+                    return Ok(Podman {
+                        docker,
+                        socket: c.socket,
+                        service: None,
+                    });
                 }
                 Err(reason) => {
                     if let Some(var) = c.var {
-                        return Err(Error::SocketDead { var, socket: c.socket, reason });
+                        return Err(Error::SocketDead {
+                            var,
+                            socket: c.socket,
+                            reason,
+                        });
                     }
                     debug!(socket = %c.socket, %reason, "socket does not answer");
                 }
@@ -114,12 +134,17 @@ impl Podman {
         let dir = tempfile::Builder::new()
             .prefix("strata-podman-")
             .tempdir()
-            .map_err(|e| Error::Api { operation: "creating a directory for the podman socket".into(), source: Box::new(e) })?
+            .map_err(|e| Error::Api {
+                operation: "creating a directory for the podman socket".into(),
+                source: Box::new(e),
+            })?
             .keep();
         let socket = format!("unix://{}", dir.join("podman.sock").display());
         let stderr_path = dir.join("service.log");
-        let stderr = std::fs::File::create(&stderr_path)
-            .map_err(|e| Error::Api { operation: format!("creating {}", stderr_path.display()), source: Box::new(e) })?;
+        let stderr = std::fs::File::create(&stderr_path).map_err(|e| Error::Api {
+            operation: format!("creating {}", stderr_path.display()),
+            source: Box::new(e),
+        })?;
         info!(%socket, "no container API socket answers; starting `podman system service`");
         let child = match Command::new("podman")
             .args(["system", "service", "--time=0", &socket])
@@ -135,7 +160,10 @@ impl Podman {
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(Error::Api { operation: "starting `podman system service`".into(), source: Box::new(e) });
+                return Err(Error::Api {
+                    operation: "starting `podman system service`".into(),
+                    source: Box::new(e),
+                });
             }
         };
         crate::interrupt::register_child(child.id());
@@ -144,12 +172,20 @@ impl Podman {
         let deadline = Instant::now() + Duration::from_secs(seconds);
         loop {
             if let Ok(docker) = try_connect(&socket).await {
-                return Ok(Podman { docker, socket, service: Some(service) });
+                return Ok(Podman {
+                    docker,
+                    socket,
+                    service: Some(service),
+                });
             }
             let exited = matches!(service.child.try_wait(), Ok(Some(_)));
             if exited || Instant::now() > deadline {
                 let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                return Err(Error::ServiceStart { socket, seconds, stderr: stderr.trim().to_string() });
+                return Err(Error::ServiceStart {
+                    socket,
+                    seconds,
+                    stderr: stderr.trim().to_string(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -203,7 +239,9 @@ impl Engine for Podman {
             .forcerm(true)
             .networkmode("host")
             .build();
-        let mut stream = self.docker.build_image(opts, None, Some(bollard::body_full(context_tar.into())));
+        let mut stream = self
+            .docker
+            .build_image(opts, None, Some(bollard::body_full(context_tar.into())));
         let mut tail = Tail::default();
         while let Some(item) = stream.next().await {
             let info = item.map_err(|e| Error::ImageBuild {
@@ -217,7 +255,11 @@ impl Engine for Podman {
                 }
             }
             if let Some(err) = info.error_detail.and_then(|d| d.message) {
-                return Err(Error::ImageBuild { tag: tag.into(), message: err, tail: tail.finish().join("\n") });
+                return Err(Error::ImageBuild {
+                    tag: tag.into(),
+                    message: err,
+                    tail: tail.finish().join("\n"),
+                });
             }
         }
         // podman's compat endpoint reports some failures only by not producing the image.
@@ -246,7 +288,11 @@ impl Engine for Podman {
             ..Default::default()
         };
         let opts = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = self.docker.create_container(Some(opts), body).await.map_err(api(format!("creating container from {}", spec.image)))?;
+        let created = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(api(format!("creating container from {}", spec.image)))?;
         if let Err(e) = self.docker.start_container(&created.id, None).await {
             let _ = self.remove(&created.id).await;
             return Err(api(format!("starting container {name}"))(e));
@@ -272,7 +318,9 @@ impl Engine for Podman {
             .map_err(api(what()))?;
         let mut out = ExecOutput::default();
         let mut tail = Tail::default();
-        if let StartExecResults::Attached { mut output, .. } = self.docker.start_exec(&exec.id, None).await.map_err(api(what()))? {
+        if let StartExecResults::Attached { mut output, .. } =
+            self.docker.start_exec(&exec.id, None).await.map_err(api(what()))?
+        {
             while let Some(msg) = output.next().await {
                 let msg = msg.map_err(api(what()))?;
                 let (bytes, is_stdout) = match msg {
@@ -331,7 +379,12 @@ fn short(id: &str) -> &str {
 fn rand_suffix() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     h.write_u32(std::process::id());
     h.finish() as u32
 }
@@ -346,8 +399,20 @@ mod tests {
 
     #[test]
     fn explicit_socket_wins_and_stops_the_search() {
-        let c = candidates(env(&[("CONTAINER_HOST", "unix:///x.sock"), ("XDG_RUNTIME_DIR", "/run/user/1000")]), 1000);
-        assert_eq!(c, [Candidate { var: Some("CONTAINER_HOST"), socket: "unix:///x.sock".into() }]);
+        let c = candidates(
+            env(&[
+                ("CONTAINER_HOST", "unix:///x.sock"),
+                ("XDG_RUNTIME_DIR", "/run/user/1000"),
+            ]),
+            1000,
+        );
+        assert_eq!(
+            c,
+            [Candidate {
+                var: Some("CONTAINER_HOST"),
+                socket: "unix:///x.sock".into()
+            }]
+        );
         let c = candidates(env(&[("DOCKER_HOST", "unix:///d.sock")]), 0);
         assert_eq!(c[0].var, Some("DOCKER_HOST"));
     }
@@ -355,8 +420,20 @@ mod tests {
     #[test]
     fn rootless_then_rootful_defaults() {
         let c = candidates(env(&[("XDG_RUNTIME_DIR", "/run/user/1000")]), 1000);
-        assert_eq!(c, [Candidate { var: None, socket: "unix:///run/user/1000/podman/podman.sock".into() }]);
+        assert_eq!(
+            c,
+            [Candidate {
+                var: None,
+                socket: "unix:///run/user/1000/podman/podman.sock".into()
+            }]
+        );
         let c = candidates(env(&[]), 0);
-        assert_eq!(c, [Candidate { var: None, socket: "unix:///run/podman/podman.sock".into() }]);
+        assert_eq!(
+            c,
+            [Candidate {
+                var: None,
+                socket: "unix:///run/podman/podman.sock".into()
+            }]
+        );
     }
 }

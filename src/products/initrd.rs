@@ -16,16 +16,20 @@ use strata_format::cpio;
 use strata_format::layer::{Entry, EntryKind, Layer};
 use tracing::info;
 
-use crate::store::image as oci;
 use crate::digest::Digest;
 use crate::plan;
+use crate::store::image as oci;
 use crate::store::{Descriptor, Store};
 
 /// Device nodes the kernel and early userspace expect before devtmpfs is mounted (the
 /// kernel opens /dev/console for PID 1's stdio). cpio carries them; no root needed.
 pub fn device_nodes(mtime: u64) -> Vec<Entry> {
     let dev = |path: &str, major, minor, mode| Entry::new(path, EntryKind::CharDevice { major, minor }, mode, mtime);
-    vec![dev("dev/console", 5, 1, 0o600), dev("dev/kmsg", 1, 11, 0o644), dev("dev/null", 1, 3, 0o666)]
+    vec![
+        dev("dev/console", 5, 1, 0o600),
+        dev("dev/kmsg", 1, 11, 0o644),
+        dev("dev/null", 1, 3, 0o666),
+    ]
 }
 
 /// A compressed cpio member, verified.
@@ -43,7 +47,12 @@ pub fn member(store: &Store, layer: &Digest, compression: Compression, with_devi
     if let Some(desc) = store.get_ref(&name)? {
         // A verified read: a corrupt member is removed by the store and made again below.
         match store.read_blob(&desc.digest) {
-            Ok(data) => return Ok(Member { digest: desc.digest, data }),
+            Ok(data) => {
+                return Ok(Member {
+                    digest: desc.digest,
+                    data,
+                });
+            }
             Err(e @ crate::store::Error::DigestMismatch { .. }) => tracing::warn!("{e}"),
             Err(crate::store::Error::Missing { .. }) => {}
             Err(e) => return Err(e.into()),
@@ -95,9 +104,11 @@ pub fn concatenate(members: &[Member], dest: &Path) -> Result<(Digest, u64)> {
     for m in members {
         hasher.update(&m.data);
         size += m.data.len() as u64;
-        tmp.write_all(&m.data).with_context(|| format!("writing {}", dest.display()))?;
+        tmp.write_all(&m.data)
+            .with_context(|| format!("writing {}", dest.display()))?;
     }
-    tmp.commit(dest).with_context(|| format!("writing {}", dest.display()))?;
+    tmp.commit(dest)
+        .with_context(|| format!("writing {}", dest.display()))?;
     Ok((Digest::from_hasher(hasher), size))
 }
 
@@ -111,7 +122,12 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let layer = Layer::from_entries(vec![Entry::file("etc/a", "hello", 0o644, 7)]).unwrap();
         let blob = oci::put_layer_blob(&store, &layer).unwrap();
-        for c in [Compression::Zstd { level: 3 }, Compression::Gzip { level: 6 }, Compression::Xz { level: 1 }, Compression::None] {
+        for c in [
+            Compression::Zstd { level: 3 },
+            Compression::Gzip { level: 6 },
+            Compression::Xz { level: 1 },
+            Compression::None,
+        ] {
             let m = member(&store, &blob.digest, c, true).unwrap();
             assert_eq!(m.data.len() % 4, 0, "{c}");
             assert_eq!(store.read_blob(&m.digest).unwrap(), m.data);

@@ -52,8 +52,14 @@ impl LayerRecord {
     /// The record of the layer of `kind` with `key`, as the store names it now.
     pub fn of(store: &crate::store::Store, kind: &str, key: &Digest) -> Result<LayerRecord> {
         let name = crate::plan::layer_ref(kind, key);
-        let desc = store.get_ref(&name)?.with_context(|| format!("layer {name} is not in the store"))?;
-        Ok(LayerRecord { kind: kind.into(), key: key.clone(), manifest: desc.digest })
+        let desc = store
+            .get_ref(&name)?
+            .with_context(|| format!("layer {name} is not in the store"))?;
+        Ok(LayerRecord {
+            kind: kind.into(),
+            key: key.clone(),
+            manifest: desc.digest,
+        })
     }
 
     /// Its name in the store.
@@ -154,7 +160,8 @@ pub fn write(dir: &Path, products: &Products) -> Result<()> {
 /// Read `products.json` from `dir`.
 pub fn read(dir: &Path) -> Result<Products> {
     let path = dir.join(FILE);
-    let text = std::fs::read(&path).with_context(|| format!("reading {} (run `strata build` first)", path.display()))?;
+    let text =
+        std::fs::read(&path).with_context(|| format!("reading {} (run `strata build` first)", path.display()))?;
     serde_json::from_slice(&text).with_context(|| format!("{} is not a strata products file", path.display()))
 }
 
@@ -169,7 +176,13 @@ mod tests {
             "debian-trixie",
             vec![
                 Product::kernel("vmlinuz", Digest::of(b"k"), 1, "6.12.1-amd64"),
-                Product::initrd("initrd.cpio.zst", Digest::of(b"i"), 2, Compression::DEFAULT, vec!["sha256:x".into()]),
+                Product::initrd(
+                    "initrd.cpio.zst",
+                    Digest::of(b"i"),
+                    2,
+                    Compression::DEFAULT,
+                    vec!["sha256:x".into()],
+                ),
             ],
         );
         write(dir.path(), &p).unwrap();

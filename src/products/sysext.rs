@@ -14,11 +14,11 @@ use strata_format::sign::{self, Signer};
 use strata_format::sysext::{self, Class, ExtensionRelease, ImageOptions};
 use tracing::{info, warn};
 
-use crate::store::image as oci;
 use crate::config::{Extension, Filesystem};
 use crate::digest::{Digest, canonical_json};
 use crate::plan::{LAYER_FORMAT, STRATA_VERSION};
 use crate::products::Product;
+use crate::store::image as oci;
 use crate::store::{Descriptor, Store};
 
 /// Media type of an extension image blob (the Discoverable Disk Image name for it).
@@ -43,14 +43,24 @@ impl Signing {
     pub fn load(key: &Path, cert: &Path) -> Result<Signing> {
         let key_pem = std::fs::read(key).with_context(|| format!("reading the signing key {}", key.display()))?;
         let cert_pem = std::fs::read(cert).with_context(|| format!("reading the certificate {}", cert.display()))?;
-        let private = sign::load_private_key(&key_pem).with_context(|| format!("loading the signing key {}", key.display()))?;
+        let private =
+            sign::load_private_key(&key_pem).with_context(|| format!("loading the signing key {}", key.display()))?;
         let certificate =
             sign::load_certificate(&cert_pem).with_context(|| format!("loading the certificate {}", cert.display()))?;
         let fingerprint = sign::certificate_fingerprint(&certificate)?;
-        let signer = Signer::new(private, certificate)
-            .with_context(|| format!("signing key {} and certificate {} do not go together", key.display(), cert.display()))?;
+        let signer = Signer::new(private, certificate).with_context(|| {
+            format!(
+                "signing key {} and certificate {} do not go together",
+                key.display(),
+                cert.display()
+            )
+        })?;
         let certificate_pem = pem_certificate(&cert_pem);
-        Ok(Signing { signer, certificate_pem, fingerprint })
+        Ok(Signing {
+            signer,
+            certificate_pem,
+            fingerprint,
+        })
     }
 }
 
@@ -58,7 +68,9 @@ impl Signing {
 fn pem_certificate(text: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(text);
     let begin = text.find("-----BEGIN CERTIFICATE-----");
-    let end = text.find("-----END CERTIFICATE-----").map(|e| e + "-----END CERTIFICATE-----".len());
+    let end = text
+        .find("-----END CERTIFICATE-----")
+        .map(|e| e + "-----END CERTIFICATE-----".len());
     match (begin, end) {
         (Some(b), Some(e)) if b < e => format!("{}\n", &text[b..e]).into_bytes(),
         _ => text.as_bytes().to_vec(),
@@ -139,7 +151,10 @@ pub async fn write_images(
     }
     let opts = |class| ImageOptions {
         class,
-        squashfs: strata_format::squashfs::Options { mtime: u32::try_from(epoch).unwrap_or(u32::MAX), ..Default::default() },
+        squashfs: strata_format::squashfs::Options {
+            mtime: u32::try_from(epoch).unwrap_or(u32::MAX),
+            ..Default::default()
+        },
     };
     let mut products = Vec::new();
     // The layer, split once into what each class carries, with the sysext's left-out paths;
@@ -172,6 +187,7 @@ pub async fn write_images(
             }
             None => {
                 let start = std::time::Instant::now();
+                tracing::info!(%file, "making the extension image");
                 if parts.is_none() {
                     let mut l = oci::read_layer_blob(store, layer_blob)?;
                     let left_out = left_out_of(&l, x.confext);
@@ -188,10 +204,18 @@ pub async fn write_images(
                 let image = match x.filesystem {
                     Filesystem::Squashfs => {
                         // squashfs + zstd is CPU work: on a blocking thread, off the async workers.
-                        let (part, release, name, signer, o) = (part.clone(), release.clone(), x.name.clone(), signer.cloned(), o.clone());
-                        crate::pipeline::blocking(move || Ok(sysext::build_image(&part, &release, &name, signer.as_ref(), &o)?))
-                            .await
-                            .with_context(what)?
+                        let (part, release, name, signer, o) = (
+                            part.clone(),
+                            release.clone(),
+                            x.name.clone(),
+                            signer.cloned(),
+                            o.clone(),
+                        );
+                        crate::pipeline::blocking(move || {
+                            Ok(sysext::build_image(&part, &release, &name, signer.as_ref(), &o)?)
+                        })
+                        .await
+                        .with_context(what)?
                     }
                     Filesystem::Erofs => {
                         let tree = sysext::filesystem_layer(part, release, &x.name, &o).with_context(what)?;
@@ -258,7 +282,14 @@ fn content_uuid(data: &[u8]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// An image taken from the store.
@@ -272,8 +303,11 @@ struct Cached {
 /// The cached image named `ref_name`. A corrupt or incomplete entry counts as absent (the
 /// store removes a blob whose digest does not verify).
 fn cached(store: &Store, ref_name: &str) -> Result<Option<Cached>> {
-    let Some(desc) = store.get_ref(ref_name)? else { return Ok(None) };
-    let (Some(root_hash), Some(left)) = (desc.annotations.get(ANN_ROOT_HASH), desc.annotations.get(ANN_LEFT_OUT)) else {
+    let Some(desc) = store.get_ref(ref_name)? else {
+        return Ok(None);
+    };
+    let (Some(root_hash), Some(left)) = (desc.annotations.get(ANN_ROOT_HASH), desc.annotations.get(ANN_LEFT_OUT))
+    else {
         return Ok(None);
     };
     let left: Digest = left.parse()?;
@@ -286,14 +320,23 @@ fn cached(store: &Store, ref_name: &str) -> Result<Option<Cached>> {
         Err(crate::store::Error::Missing { .. }) => Ok(None),
         Err(e) => Err(e),
     };
-    let (Some(bytes), Some(left)) = (read(&desc.digest)?, read(&left)?) else { return Ok(None) };
+    let (Some(bytes), Some(left)) = (read(&desc.digest)?, read(&left)?) else {
+        return Ok(None);
+    };
     let left_out: Vec<String> = serde_json::from_slice(&left).context("reading a cached image's left-out list")?;
-    Ok(Some(Cached { bytes, digest: desc.digest, root_hash: root_hash.clone(), left_out }))
+    Ok(Some(Cached {
+        bytes,
+        digest: desc.digest,
+        root_hash: root_hash.clone(),
+        left_out,
+    }))
 }
 
 /// Whether `path` is an OCI whiteout (`dir/.wh.name`).
 fn is_whiteout(path: &str) -> bool {
-    path.rsplit('/').next().is_some_and(|f| f.starts_with(strata_format::layer::WHITEOUT_PREFIX))
+    path.rsplit('/')
+        .next()
+        .is_some_and(|f| f.starts_with(strata_format::layer::WHITEOUT_PREFIX))
 }
 
 /// What of `layer` neither the sysext nor (with `confext`) the confext carries: every path
@@ -332,13 +375,20 @@ mod tests {
         assert_ne!(a, b, "a new builder image (a new mkfs.erofs) must make a new image key");
         assert!(a.contains(EROFS_OPTIONS));
         let squashfs = filesystem_key(Filesystem::Squashfs, &o, "localhost/strata-builder-debian:aaaa");
-        assert_eq!(squashfs, filesystem_key(Filesystem::Squashfs, &o, "other"), "strata's own squashfs writer needs no builder");
+        assert_eq!(
+            squashfs,
+            filesystem_key(Filesystem::Squashfs, &o, "other"),
+            "strata's own squashfs writer needs no builder"
+        );
     }
 
     #[test]
     fn pem_certificate_is_cut_from_surrounding_text() {
         let text = b"subject=CN=x\n-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\ntrailing\n";
-        assert_eq!(pem_certificate(text), b"-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n");
+        assert_eq!(
+            pem_certificate(text),
+            b"-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n"
+        );
     }
 
     #[test]

@@ -83,4 +83,3 @@ pub fn product_type(kind: &str) -> Option<ProductType> {
 pub fn product_type_of_artifact(artifact_type: &str) -> Option<ProductType> {
     PRODUCT_TYPES.into_iter().find(|t| t.artifact_type == artifact_type)
 }
-

@@ -18,10 +18,10 @@
 use anyhow::{Context as _, Result, bail};
 use tracing::{info, warn};
 
-use crate::store::image as oci;
 use crate::digest::Digest;
 use crate::registry::{self, Client, ClientOptions, OCI_MANIFEST, PushOptions, Reference};
 use crate::store::Store;
+use crate::store::image as oci;
 
 /// The remote cache as the user asked for it.
 #[derive(Debug, Clone, Default)]

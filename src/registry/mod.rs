@@ -13,11 +13,11 @@
 
 pub mod artifact;
 pub mod auth;
+mod blob;
 pub mod cache;
+pub mod client;
 pub mod pull;
 pub mod push;
-mod blob;
-pub mod client;
 pub mod reference;
 pub mod transfer;
 

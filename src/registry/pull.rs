@@ -24,9 +24,9 @@ use anyhow::{Context as _, Result, bail};
 use sha2::Digest as _;
 
 use crate::digest::Digest;
-use crate::store::atomic::AtomicFile;
 use crate::registry::artifact::{self, ANN_TITLE, PRODUCT_TYPES, ProductType};
 use crate::registry::{Client, ClientOptions, FetchedManifest, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Reference};
+use crate::store::atomic::AtomicFile;
 use crate::store::{Descriptor, Store};
 use strata_format::ddi_verify;
 use strata_format::sign::Certificate;
@@ -214,7 +214,12 @@ pub async fn run(opts: &Options) -> Result<Vec<Pulled>> {
         }
         plans.push(plan);
     }
-    if let (Some(path), Some(plan)) = (&opts.cert, plans.iter().find(|p| artifact::extension_suffix(p.ptype.kind).is_none())) {
+    if let (Some(path), Some(plan)) = (
+        &opts.cert,
+        plans
+            .iter()
+            .find(|p| artifact::extension_suffix(p.ptype.kind).is_none()),
+    ) {
         bail!(
             "--cert {}: only a sysext or confext carries a verity signature to check, and {reference} holds the {} `{}`; \
              pull it without --cert",
@@ -313,7 +318,8 @@ fn stage(store: &Store, desc: &Descriptor, dest: &Path, cert: Option<&Certificat
             desc.size
         );
     }
-    tmp.flush().with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.flush()
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
     let file = tmp.as_file();
     if let Some(cert) = cert {
         let verified = ddi_verify::verify(file, cert).with_context(|| {

@@ -25,11 +25,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use tracing::warn;
 
-use crate::store::image as oci;
-use crate::registry::cache as remote_cache;
 use crate::digest::{Digest, canonical_json};
 use crate::products::{self, Product};
+use crate::registry::cache as remote_cache;
 use crate::registry::{self, Client, ClientOptions, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, PushOptions, Reference, Stats};
+use crate::store::image as oci;
 use crate::store::{Descriptor, Store};
 
 pub use super::artifact::*;

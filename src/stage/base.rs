@@ -8,10 +8,10 @@ use strata_format::layer::{Entry, EntryKind, Layer, ReadOptions};
 use tracing::info;
 
 use super::{Ctx, in_container, put_file};
-use crate::store::image as oci;
-use crate::distro::debian;
 use crate::digest::Digest;
+use crate::distro::debian;
 use crate::engine::{ContainerSpec, Engine};
+use crate::store::image as oci;
 
 const FETCH_RELEASE: &str = include_str!("../distro/debian/scripts/fetch-release.sh");
 const INSTALL_ROOT: &str = include_str!("../distro/debian/scripts/install-root.sh");
@@ -23,9 +23,22 @@ const EXTENSION_UNITS: [&str; 2] = ["systemd-sysext.service", "systemd-confext.s
 pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str) -> Result<()> {
     let set = ctx.set;
     let d = &set.distribution;
-    let spec = ContainerSpec { image: ctx.builder.to_string(), env: vec![], network: true, name_hint: "base".into() };
+    let spec = ContainerSpec {
+        image: ctx.builder.to_string(),
+        env: vec![],
+        network: true,
+        name_hint: "base".into(),
+    };
     let (tar, epoch) = in_container(ctx.engine, ctx.cancel, &spec, async |id: &str| {
-        put_file(ctx.engine, id, "/", "strata-fetch-release.sh", FETCH_RELEASE.as_bytes(), 0o755).await?;
+        put_file(
+            ctx.engine,
+            id,
+            "/",
+            "strata-fetch-release.sh",
+            FETCH_RELEASE.as_bytes(),
+            0o755,
+        )
+        .await?;
         let epoch = epoch_for(ctx, id).await?;
         let tar = install_root(ctx, id, &set.base.packages, epoch, &set.dir.join("base.toml")).await?;
         Ok((tar, epoch))
@@ -72,8 +85,19 @@ pub(crate) async fn install_root<E: Engine>(
     config: &std::path::Path,
 ) -> Result<Vec<u8>> {
     let d = &ctx.set.distribution;
-    put_file(ctx.engine, id, "/", "strata-install-root.sh", INSTALL_ROOT.as_bytes(), 0o755).await?;
-    info!(packages = packages.len(), epoch, "installing packages into the build root");
+    put_file(
+        ctx.engine,
+        id,
+        "/",
+        "strata-install-root.sh",
+        INSTALL_ROOT.as_bytes(),
+        0o755,
+    )
+    .await?;
+    info!(
+        packages = packages.len(),
+        epoch, "installing packages into the build root"
+    );
     let argv = vec![
         "env".into(),
         format!("SOURCE_DATE_EPOCH={epoch}"),
@@ -101,14 +125,24 @@ pub(crate) async fn install_root<E: Engine>(
                 config.display()
             );
         }
-        bail!("installing the packages failed (exit code {}):\n--- last output ---\n{}", out.exit_code, out.tail_text());
+        bail!(
+            "installing the packages failed (exit code {}):\n--- last output ---\n{}",
+            out.exit_code,
+            out.tail_text()
+        );
     }
     Ok(ctx.engine.get_archive(id, TARGET).await?)
 }
 
 /// The build root in a tar from [`install_root`], as a layer.
 pub(crate) fn read_root(tar: &[u8]) -> Result<Layer> {
-    Layer::read_tar(tar, &ReadOptions { strip_prefix: Some("target".into()) }).context("reading the build root from the container")
+    Layer::read_tar(
+        tar,
+        &ReadOptions {
+            strip_prefix: Some("target".into()),
+        },
+    )
+    .context("reading the build root from the container")
 }
 
 /// The epoch for this build: `SOURCE_DATE_EPOCH` if set, else the suite's release date.
@@ -116,7 +150,15 @@ async fn epoch_for<E: Engine>(ctx: &Ctx<'_, E>, id: &str) -> Result<u64> {
     let d = &ctx.set.distribution;
     let out = ctx
         .engine
-        .exec(id, &["sh".into(), "/strata-fetch-release.sh".into(), d.mirror.clone(), d.release.clone()])
+        .exec(
+            id,
+            &[
+                "sh".into(),
+                "/strata-fetch-release.sh".into(),
+                d.mirror.clone(),
+                d.release.clone(),
+            ],
+        )
         .await?;
     match out.exit_code {
         0 => {}
@@ -126,13 +168,23 @@ async fn epoch_for<E: Engine>(ctx: &Ctx<'_, E>, id: &str) -> Result<u64> {
             d.release,
             out.tail_text()
         ),
-        code => bail!("reading the release file from {} failed (exit code {code}):\n{}", d.mirror, out.tail_text()),
+        code => bail!(
+            "reading the release file from {} failed (exit code {code}):\n{}",
+            d.mirror,
+            out.tail_text()
+        ),
     }
     if let Some(e) = ctx.epoch {
         return Ok(e);
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    debian::release_date(&text).ok_or_else(|| anyhow!("{}/dists/{}/InRelease has no readable Date: field:\n{text}", d.mirror, d.release))
+    debian::release_date(&text).ok_or_else(|| {
+        anyhow!(
+            "{}/dists/{}/InRelease has no readable Date: field:\n{text}",
+            d.mirror,
+            d.release
+        )
+    })
 }
 
 /// Turn an installed build root into the base layer: keep only the requested packages'
@@ -147,16 +199,27 @@ pub fn finalize(mut layer: Layer, packages: &[String], remove: &[String], epoch:
     let keep = debian::closure(&installed, packages)
         .map_err(|p| anyhow!("package `{p}` was requested but is not installed in the build root"))?;
     let pruned = debian::prune(&mut layer, &installed, &keep);
-    info!(kept = keep.len(), pruned = pruned.packages.len(), paths = pruned.paths, "pruned packages outside the requested closure");
+    info!(
+        kept = keep.len(),
+        pruned = pruned.packages.len(),
+        paths = pruned.paths,
+        "pruned packages outside the requested closure"
+    );
     tracing::debug!(packages = ?pruned.packages, "pruned");
-    let versions: Vec<String> =
-        installed.iter().filter(|p| keep.contains(&p.name)).map(|p| format!("{}={}", p.name, p.version)).collect();
+    let versions: Vec<String> = installed
+        .iter()
+        .filter(|p| keep.contains(&p.name))
+        .map(|p| format!("{}={}", p.name, p.version))
+        .collect();
 
     let patterns: Vec<glob::Pattern> = remove
         .iter()
         .map(|r| glob::Pattern::new(r).with_context(|| format!("bad remove glob `{r}`")))
         .collect::<Result<_>>()?;
-    let opts = glob::MatchOptions { require_literal_separator: true, ..Default::default() };
+    let opts = glob::MatchOptions {
+        require_literal_separator: true,
+        ..Default::default()
+    };
     layer.remove_where(|e| patterns.iter().any(|p| p.matches_with(&e.path, opts)));
 
     let os_release = ["usr/lib/os-release", "etc/os-release"]
@@ -171,16 +234,31 @@ pub fn finalize(mut layer: Layer, packages: &[String], remove: &[String], epoch:
     }
     // Debian ships systemd-sysext and systemd-confext disabled; the initrd merges the
     // extensions systemd-stub places under /.extra/, so both are enabled.
-    let wants: Vec<&str> = EXTENSION_UNITS.iter().copied().filter(|u| layer.get(&format!("usr/lib/systemd/system/{u}")).is_some()).collect();
+    let wants: Vec<&str> = EXTENSION_UNITS
+        .iter()
+        .copied()
+        .filter(|u| layer.get(&format!("usr/lib/systemd/system/{u}")).is_some())
+        .collect();
     if wants.is_empty() {
-        bail!("the base layer has no usr/lib/systemd/system/systemd-sysext.service: its systemd cannot merge extensions");
+        bail!(
+            "the base layer has no usr/lib/systemd/system/systemd-sysext.service: its systemd cannot merge extensions"
+        );
     }
     let mut entries = layer.into_entries();
     for u in wants {
-        entries.push(Entry::symlink(&format!("etc/systemd/system/sysinit.target.wants/{u}"), &format!("/usr/lib/systemd/system/{u}"), epoch));
+        entries.push(Entry::symlink(
+            &format!("etc/systemd/system/sysinit.target.wants/{u}"),
+            &format!("/usr/lib/systemd/system/{u}"),
+            epoch,
+        ));
     }
     entries.push(Entry::symlink("init", "usr/lib/systemd/systemd", epoch));
-    entries.push(Entry::file("etc/initrd-release", debian::initrd_release(&os_release), 0o644, epoch));
+    entries.push(Entry::file(
+        "etc/initrd-release",
+        debian::initrd_release(&os_release),
+        0o644,
+        epoch,
+    ));
     let mut layer = Layer::from_entries(entries)?;
     layer.clamp_mtimes(epoch);
     Ok((layer, versions))
@@ -209,17 +287,40 @@ mod tests {
 
     #[test]
     fn finalize_prunes_removes_and_adds_the_initrd_files() {
-        let remove = ["usr/share/doc".to_string(), "var/cache/*".to_string(), "var/lib/dpkg".to_string()];
+        let remove = [
+            "usr/share/doc".to_string(),
+            "var/cache/*".to_string(),
+            "var/lib/dpkg".to_string(),
+        ];
         let (layer, versions) = finalize(root(), &["systemd".into()], &remove, 1_000).unwrap();
         assert_eq!(versions, ["systemd=257", "libc6=2.41"]);
         assert!(layer.get("usr/bin/dpkg").is_none(), "dpkg was not requested");
         assert!(layer.get("usr/share/doc").is_none() && layer.get("var/lib/dpkg").is_none());
         assert!(layer.get("var/cache").is_some() && layer.get("var/cache/ldconfig").is_none());
-        assert_eq!(layer.get("init").unwrap().kind, EntryKind::Symlink { target: "usr/lib/systemd/systemd".into() });
-        let wants = layer.get("etc/systemd/system/sysinit.target.wants/systemd-sysext.service").unwrap();
-        assert_eq!(wants.kind, EntryKind::Symlink { target: "/usr/lib/systemd/system/systemd-sysext.service".into() });
-        assert!(layer.get("etc/systemd/system/sysinit.target.wants/systemd-confext.service").is_none(), "not shipped, not enabled");
-        let EntryKind::File { data } = &layer.get("etc/initrd-release").unwrap().kind else { panic!() };
+        assert_eq!(
+            layer.get("init").unwrap().kind,
+            EntryKind::Symlink {
+                target: "usr/lib/systemd/systemd".into()
+            }
+        );
+        let wants = layer
+            .get("etc/systemd/system/sysinit.target.wants/systemd-sysext.service")
+            .unwrap();
+        assert_eq!(
+            wants.kind,
+            EntryKind::Symlink {
+                target: "/usr/lib/systemd/system/systemd-sysext.service".into()
+            }
+        );
+        assert!(
+            layer
+                .get("etc/systemd/system/sysinit.target.wants/systemd-confext.service")
+                .is_none(),
+            "not shipped, not enabled"
+        );
+        let EntryKind::File { data } = &layer.get("etc/initrd-release").unwrap().kind else {
+            panic!()
+        };
         assert!(String::from_utf8_lossy(data).contains("VARIANT_ID=initrd"));
         assert!(layer.entries().iter().all(|e| e.mtime <= 1_000));
     }
@@ -227,7 +328,10 @@ mod tests {
     #[test]
     fn finalize_explains_what_is_missing() {
         let err = finalize(root(), &["bash".into()], &[], 1).unwrap_err();
-        assert!(err.to_string().contains("`bash` was requested but is not installed"), "{err}");
+        assert!(
+            err.to_string().contains("`bash` was requested but is not installed"),
+            "{err}"
+        );
         let mut no_systemd = root();
         no_systemd.remove_where(|e| e.path == "usr/lib/systemd/systemd");
         let err = finalize(no_systemd, &["libc6".into()], &[], 1).unwrap_err();

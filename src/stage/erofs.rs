@@ -9,9 +9,21 @@ use crate::engine::{ContainerSpec, Engine};
 
 /// `mkfs.erofs` in a container from `builder`: the tree in `tar` as an lz4hc-compressed
 /// erofs with file system UUID `uuid`, build time `epoch` (files keep their own times).
-pub(crate) async fn mkfs<E: Engine>(engine: &E, cancel: &crate::interrupt::CancellationToken, builder: &str, tar: Vec<u8>, uuid: &str, epoch: u64) -> Result<Vec<u8>> {
+pub(crate) async fn mkfs<E: Engine>(
+    engine: &E,
+    cancel: &crate::interrupt::CancellationToken,
+    builder: &str,
+    tar: Vec<u8>,
+    uuid: &str,
+    epoch: u64,
+) -> Result<Vec<u8>> {
     let start = std::time::Instant::now();
-    let spec = ContainerSpec { image: builder.to_string(), env: vec![], network: false, name_hint: "erofs".into() };
+    let spec = ContainerSpec {
+        image: builder.to_string(),
+        env: vec![],
+        network: false,
+        name_hint: "erofs".into(),
+    };
     let fs = in_container(engine, cancel, &spec, async |id: &str| {
         put_file(engine, id, "/", "strata-fs.tar", &tar, 0o644).await?;
         run_checked(engine, id, "mkfs.erofs", argv(uuid, epoch)).await?;

@@ -20,11 +20,11 @@ use tracing::info;
 
 use super::base::{finalize, install_root, read_root};
 use super::{Ctx, in_container};
-use crate::store::image as oci;
 use crate::config::{Extension, LayerSet};
-use crate::distro::debian;
 use crate::digest::Digest;
+use crate::distro::debian;
 use crate::engine::{ContainerSpec, Engine};
+use crate::store::image as oci;
 
 /// Annotation: the base layer blob an extension layer is a diff against.
 pub const ANN_PARENT: &str = "io.strata.parent";
@@ -32,20 +32,52 @@ pub const ANN_PARENT: &str = "io.strata.parent";
 pub const ANN_PACKAGES: &str = "io.strata.packages";
 
 /// Build extension `x` on top of the base layer stored as `base_ref`; store it as `name`.
-pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, x: &Extension, base_ref: &str, key: &Digest, name: &str) -> Result<()> {
-    let base = oci::get_manifest(ctx.store, base_ref)?.with_context(|| format!("base layer {base_ref} vanished from the store"))?;
+pub(crate) async fn build<E: Engine>(
+    ctx: &Ctx<'_, E>,
+    x: &Extension,
+    base_ref: &str,
+    key: &Digest,
+    name: &str,
+) -> Result<()> {
+    let base = oci::get_manifest(ctx.store, base_ref)?
+        .with_context(|| format!("base layer {base_ref} vanished from the store"))?;
     let ann = base.annotations().clone().unwrap_or_default();
-    let epoch: u64 = ann.get(oci::ANN_EPOCH).and_then(|e| e.parse().ok()).context("base layer without an epoch annotation")?;
-    let base_versions: Vec<String> = ann.get(ANN_PACKAGES).map(|p| p.split(' ').map(str::to_string).collect()).unwrap_or_default();
+    let epoch: u64 = ann
+        .get(oci::ANN_EPOCH)
+        .and_then(|e| e.parse().ok())
+        .context("base layer without an epoch annotation")?;
+    let base_versions: Vec<String> = ann
+        .get(ANN_PACKAGES)
+        .map(|p| p.split(' ').map(str::to_string).collect())
+        .unwrap_or_default();
     let version = ann.get("org.opencontainers.image.version").cloned().unwrap_or_default();
     let (base_blob, _) = oci::layer_digest(&base.layers()[0])?;
 
     let mut packages = ctx.set.base.packages.clone();
-    packages.extend(x.packages.iter().filter(|p| !ctx.set.base.packages.contains(p)).cloned());
-    let spec = ContainerSpec { image: ctx.builder.to_string(), env: vec![], network: true, name_hint: format!("ext-{}", x.name) };
-    let tar = in_container(ctx.engine, ctx.cancel, &spec, async |id: &str| install_root(ctx, id, &packages, epoch, &x.file).await).await?;
+    packages.extend(
+        x.packages
+            .iter()
+            .filter(|p| !ctx.set.base.packages.contains(p))
+            .cloned(),
+    );
+    let spec = ContainerSpec {
+        image: ctx.builder.to_string(),
+        env: vec![],
+        network: true,
+        name_hint: format!("ext-{}", x.name),
+    };
+    let tar = in_container(ctx.engine, ctx.cancel, &spec, async |id: &str| {
+        install_root(ctx, id, &packages, epoch, &x.file).await
+    })
+    .await?;
 
-    let (set, x, store, name, key) = (ctx.set.clone(), x.clone(), ctx.store.clone(), name.to_string(), key.clone());
+    let (set, x, store, name, key) = (
+        ctx.set.clone(),
+        x.clone(),
+        ctx.store.clone(),
+        name.to_string(),
+        key.clone(),
+    );
     tokio::task::spawn_blocking(move || -> Result<()> {
         let root = read_root(&tar)?;
         let base = oci::read_layer_blob(&store, &base_blob)?;
@@ -85,7 +117,14 @@ pub struct Made {
 /// base layer's finalization (closure, removals), the extension's removals and files, then
 /// the diff against `base`. Refused: base packages at other versions than `base_versions`
 /// (the base layer's), and packages replacing or removing base files under `/usr`, `/opt`.
-pub fn diff_layer(root: Layer, base: &Layer, base_versions: &[String], set: &LayerSet, x: &Extension, epoch: u64) -> Result<Made> {
+pub fn diff_layer(
+    root: Layer,
+    base: &Layer,
+    base_versions: &[String],
+    set: &LayerSet,
+    x: &Extension,
+    epoch: u64,
+) -> Result<Made> {
     let what = || format!("extension `{}` ({})", x.name, x.file.display());
     let status = match root.get("var/lib/dpkg/status").map(|e| &e.kind) {
         Some(EntryKind::File { data }) => String::from_utf8_lossy(data).into_owned(),
@@ -114,18 +153,36 @@ pub fn diff_layer(root: Layer, base: &Layer, base_versions: &[String], set: &Lay
             skew.join(", ")
         );
     }
-    let base_names: Vec<&str> = base_versions.iter().filter_map(|v| v.split_once('=').map(|(n, _)| n)).collect();
-    let added_packages = versions.iter().filter(|v| v.split_once('=').is_some_and(|(n, _)| !base_names.contains(&n))).cloned().collect();
+    let base_names: Vec<&str> = base_versions
+        .iter()
+        .filter_map(|v| v.split_once('=').map(|(n, _)| n))
+        .collect();
+    let added_packages = versions
+        .iter()
+        .filter(|v| v.split_once('=').is_some_and(|(n, _)| !base_names.contains(&n)))
+        .cloned()
+        .collect();
 
     let mut entries = full.into_entries();
-    entries.extend(x.files.iter().map(|f| Entry::file(&f.path, f.data.clone(), f.mode, epoch)));
+    entries.extend(
+        x.files
+            .iter()
+            .map(|f| Entry::file(&f.path, f.data.clone(), f.mode, epoch)),
+    );
     let mut full = Layer::from_entries(entries)?;
     full.clamp_mtimes(epoch);
 
     // The extension's own removals apply to what it adds, never to the base's files.
     let mut diff = full.diff_from(base);
-    let opts = glob::MatchOptions { require_literal_separator: true, ..Default::default() };
-    let patterns: Vec<glob::Pattern> = x.remove.iter().map(|r| glob::Pattern::new(r)).collect::<Result<_, _>>()?;
+    let opts = glob::MatchOptions {
+        require_literal_separator: true,
+        ..Default::default()
+    };
+    let patterns: Vec<glob::Pattern> = x
+        .remove
+        .iter()
+        .map(|r| glob::Pattern::new(r))
+        .collect::<Result<_, _>>()?;
     diff.remove_where(|e| patterns.iter().any(|p| p.matches_with(&e.path, opts)));
     let mut replaced = Vec::new();
     let mut regenerated = Vec::new();
@@ -152,14 +209,26 @@ pub fn diff_layer(root: Layer, base: &Layer, base_versions: &[String], set: &Lay
             replaced.join(", ")
         );
     }
-    if !diff.entries().iter().any(|e| Class::Sysext.contains(&e.path) && e.kind != EntryKind::Dir) {
+    if !diff
+        .entries()
+        .iter()
+        .any(|e| Class::Sysext.contains(&e.path) && e.kind != EntryKind::Dir)
+    {
         bail!(
             "{}: installs nothing under /usr or /opt beyond the base layer (are its packages {} already in the base?)",
             what(),
-            x.packages.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+            x.packages
+                .iter()
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
-    Ok(Made { layer: diff, added_packages, regenerated })
+    Ok(Made {
+        layer: diff,
+        added_packages,
+        regenerated,
+    })
 }
 
 #[cfg(test)]
@@ -193,13 +262,23 @@ modules = ["ext4"]
             Entry::file("usr/lib/systemd/system/systemd-sysext.service", "[Unit]", 0o644, 5),
             Entry::file("usr/lib/os-release", "ID=debian\nVERSION_ID=\"13\"\n", 0o644, 5),
             Entry::file("usr/lib/udev/hwdb.bin", "v1", 0o644, 5),
-            Entry::file("var/lib/dpkg/info/systemd.list", "/usr/lib/systemd/systemd\n/usr/lib/os-release\n", 0o644, 5),
+            Entry::file(
+                "var/lib/dpkg/info/systemd.list",
+                "/usr/lib/systemd/systemd\n/usr/lib/os-release\n",
+                0o644,
+                5,
+            ),
         ];
         if let Some((path, data)) = ssh {
             pkgs.push(("ssh", "1"));
             entries.push(Entry::file(path, data, 0o755, 5));
             entries.push(Entry::file("etc/ssh/sshd_config", "Port 22", 0o644, 5));
-            entries.push(Entry::file("var/lib/dpkg/info/ssh.list", format!("/{path}\n/etc/ssh/sshd_config\n"), 0o644, 5));
+            entries.push(Entry::file(
+                "var/lib/dpkg/info/ssh.list",
+                format!("/{path}\n/etc/ssh/sshd_config\n"),
+                0o644,
+                5,
+            ));
         }
         entries.push(Entry::file("var/lib/dpkg/status", status(&pkgs), 0o644, 5));
         Layer::from_entries(entries).unwrap()
@@ -208,7 +287,12 @@ modules = ["ext4"]
     fn setup() -> (LayerSet, Extension, Layer) {
         let set = crate::config::parse(Path::new("base.toml"), SET).unwrap();
         let dir = Path::new(".");
-        let x = crate::config::extension::parse(Path::new("layers/t/network.toml"), "[extension]\npackages = [\"ssh\"]\n", dir).unwrap();
+        let x = crate::config::extension::parse(
+            Path::new("layers/t/network.toml"),
+            "[extension]\npackages = [\"ssh\"]\n",
+            dir,
+        )
+        .unwrap();
         let (base, _) = finalize(root("257", None), &set.base.packages, &set.base.remove, 10).unwrap();
         (set, x, base)
     }
@@ -216,9 +300,20 @@ modules = ["ext4"]
     #[test]
     fn the_layer_is_what_the_extension_adds() {
         let (set, x, base) = setup();
-        let made = diff_layer(root("257", Some(("usr/bin/ssh", "ELF2"))), &base, &["systemd=257".into()], &set, &x, 10).unwrap();
+        let made = diff_layer(
+            root("257", Some(("usr/bin/ssh", "ELF2"))),
+            &base,
+            &["systemd=257".into()],
+            &set,
+            &x,
+            10,
+        )
+        .unwrap();
         let paths: Vec<&str> = made.layer.entries().iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["etc", "etc/ssh", "etc/ssh/sshd_config", "usr", "usr/bin", "usr/bin/ssh"]);
+        assert_eq!(
+            paths,
+            ["etc", "etc/ssh", "etc/ssh/sshd_config", "usr", "usr/bin", "usr/bin/ssh"]
+        );
         assert_eq!(made.added_packages, ["ssh=1"]);
         assert!(made.regenerated.is_empty());
     }
@@ -226,9 +321,21 @@ modules = ["ext4"]
     #[test]
     fn replacing_a_base_file_is_refused_and_the_package_named() {
         let (set, x, base) = setup();
-        let err = diff_layer(root("257", Some(("usr/lib/os-release", "ID=evil"))), &base, &["systemd=257".into()], &set, &x, 10).unwrap_err();
+        let err = diff_layer(
+            root("257", Some(("usr/lib/os-release", "ID=evil"))),
+            &base,
+            &["systemd=257".into()],
+            &set,
+            &x,
+            10,
+        )
+        .unwrap_err();
         let text = format!("{err:#}");
-        assert!(text.contains("extension `network` (layers/t/network.toml)") && text.contains("/usr/lib/os-release (package systemd, ssh)"), "{text}");
+        assert!(
+            text.contains("extension `network` (layers/t/network.toml)")
+                && text.contains("/usr/lib/os-release (package systemd, ssh)"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -236,14 +343,30 @@ modules = ["ext4"]
         let (set, x, base) = setup();
         let mut r = root("257", Some(("usr/bin/ssh", "ELF2"))).into_entries();
         r.push(Entry::file("usr/lib/udev/hwdb.bin", "v2", 0o644, 5));
-        let made = diff_layer(Layer::from_entries(r).unwrap(), &base, &["systemd=257".into()], &set, &x, 10).unwrap();
+        let made = diff_layer(
+            Layer::from_entries(r).unwrap(),
+            &base,
+            &["systemd=257".into()],
+            &set,
+            &x,
+            10,
+        )
+        .unwrap();
         assert_eq!(made.regenerated, ["usr/lib/udev/hwdb.bin"]);
     }
 
     #[test]
     fn a_base_package_at_another_version_is_a_release_mismatch() {
         let (set, x, base) = setup();
-        let err = diff_layer(root("258", Some(("usr/bin/ssh", "x"))), &base, &["systemd=257".into()], &set, &x, 10).unwrap_err();
+        let err = diff_layer(
+            root("258", Some(("usr/bin/ssh", "x"))),
+            &base,
+            &["systemd=257".into()],
+            &set,
+            &x,
+            10,
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("`systemd` 257 → 258"), "{err:#}");
     }
 
@@ -252,7 +375,18 @@ modules = ["ext4"]
         let (set, x, base) = setup();
         let mut r = root("257", Some(("usr/bin/ssh", "x"))).into_entries();
         r.retain(|e| e.path != "usr/bin/ssh");
-        let err = diff_layer(Layer::from_entries(r).unwrap(), &base, &["systemd=257".into()], &set, &x, 10).unwrap_err();
-        assert!(format!("{err:#}").contains("installs nothing under /usr or /opt"), "{err:#}");
+        let err = diff_layer(
+            Layer::from_entries(r).unwrap(),
+            &base,
+            &["systemd=257".into()],
+            &set,
+            &x,
+            10,
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("installs nothing under /usr or /opt"),
+            "{err:#}"
+        );
     }
 }

@@ -17,8 +17,8 @@ pub(crate) mod kernel;
 use anyhow::{Context as _, Result, bail};
 
 use crate::config::LayerSet;
-use crate::interrupt::CancellationToken;
 use crate::engine::{ContainerSpec, Engine, ExecOutput};
+use crate::interrupt::CancellationToken;
 use crate::store::Store;
 
 /// What build steps share.
@@ -61,13 +61,25 @@ pub(crate) async fn in_container<E: Engine, T>(
 pub(crate) async fn run_checked<E: Engine>(engine: &E, id: &str, what: &str, argv: Vec<String>) -> Result<ExecOutput> {
     let out = engine.exec(id, &argv).await?;
     if out.exit_code != 0 {
-        bail!("{what} failed (exit code {}): `{}`\n--- last output ---\n{}", out.exit_code, argv.join(" "), out.tail_text());
+        bail!(
+            "{what} failed (exit code {}): `{}`\n--- last output ---\n{}",
+            out.exit_code,
+            argv.join(" "),
+            out.tail_text()
+        );
     }
     Ok(out)
 }
 
 /// Put one file into a container directory.
-pub(crate) async fn put_file<E: Engine>(engine: &E, id: &str, dir: &str, name: &str, data: &[u8], mode: u32) -> Result<()> {
+pub(crate) async fn put_file<E: Engine>(
+    engine: &E,
+    id: &str,
+    dir: &str,
+    name: &str,
+    data: &[u8],
+    mode: u32,
+) -> Result<()> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_size(data.len() as u64);
@@ -86,7 +98,9 @@ pub(crate) async fn get_file<E: Engine>(engine: &E, id: &str, path: &str) -> Res
     let tar = engine.get_archive(id, path).await?;
     let mut archive = tar::Archive::new(tar.as_slice());
     let mut entries = archive.entries()?;
-    let mut entry = entries.next().with_context(|| format!("{path}: empty archive from the container"))??;
+    let mut entry = entries
+        .next()
+        .with_context(|| format!("{path}: empty archive from the container"))??;
     let mut data = Vec::new();
     entry.read_to_end(&mut data)?;
     Ok(data)
@@ -95,7 +109,10 @@ pub(crate) async fn get_file<E: Engine>(engine: &E, id: &str, path: &str) -> Res
 /// `KEY=value` lines of a script's stdout.
 pub(crate) fn output_values(stdout: &[u8], key: &str) -> Vec<String> {
     let prefix = format!("{key}=");
-    String::from_utf8_lossy(stdout).lines().filter_map(|l| l.strip_prefix(&prefix).map(str::to_string)).collect()
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+        .collect()
 }
 
 #[cfg(test)]
@@ -106,11 +123,20 @@ mod tests {
     #[tokio::test]
     async fn container_is_removed_on_success_and_on_failure() {
         let fake = Fake::default();
-        let spec = ContainerSpec { image: "img".into(), env: vec![], network: false, name_hint: "t".into() };
+        let spec = ContainerSpec {
+            image: "img".into(),
+            env: vec![],
+            network: false,
+            name_hint: "t".into(),
+        };
         let cancel = CancellationToken::new();
-        let v = in_container(&fake, &cancel, &spec, async |_id: &str| Ok(7)).await.unwrap();
+        let v = in_container(&fake, &cancel, &spec, async |_id: &str| Ok(7))
+            .await
+            .unwrap();
         assert_eq!(v, 7);
-        let err = in_container(&fake, &cancel, &spec, async |_id: &str| -> Result<()> { bail!("boom") }).await.unwrap_err();
+        let err = in_container(&fake, &cancel, &spec, async |_id: &str| -> Result<()> { bail!("boom") })
+            .await
+            .unwrap_err();
         assert_eq!(err.to_string(), "boom");
         let removes = fake.calls().iter().filter(|c| matches!(c, Call::Remove(_))).count();
         assert_eq!(removes, 2);
@@ -119,10 +145,19 @@ mod tests {
     #[tokio::test]
     async fn failed_command_reports_its_tail() {
         let fake = Fake::default();
-        fake.exec_answers.lock().unwrap().push_back(ExecOutput { exit_code: 100, stdout: vec![], tail: vec!["E: something broke".into()] });
-        let err = run_checked(&fake, "id", "installing packages", vec!["mmdebstrap".into()]).await.unwrap_err();
+        fake.exec_answers.lock().unwrap().push_back(ExecOutput {
+            exit_code: 100,
+            stdout: vec![],
+            tail: vec!["E: something broke".into()],
+        });
+        let err = run_checked(&fake, "id", "installing packages", vec!["mmdebstrap".into()])
+            .await
+            .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("installing packages failed (exit code 100)") && text.contains("E: something broke"), "{text}");
+        assert!(
+            text.contains("installing packages failed (exit code 100)") && text.contains("E: something broke"),
+            "{text}"
+        );
     }
 
     #[test]

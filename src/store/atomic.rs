@@ -65,12 +65,20 @@ impl AtomicFile {
     /// anything is written (tempfile creates it 0600, so a key is never readable by others).
     pub fn new(dir: &Path, mode: u32) -> Result<AtomicFile, Error> {
         fs::create_dir_all(dir).map_err(io_at(dir))?;
-        let tmp = tempfile::Builder::new().prefix(&temp_prefix()).tempfile_in(dir).map_err(io_at(dir))?;
-        tmp.as_file().set_permissions(fs::Permissions::from_mode(mode)).map_err(io_at(tmp.path()))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(&temp_prefix())
+            .tempfile_in(dir)
+            .map_err(io_at(dir))?;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io_at(tmp.path()))?;
         in_flight(|set| {
             set.insert(tmp.path().to_path_buf());
         });
-        Ok(AtomicFile { tmp: Some(tmp), dir: dir.to_path_buf() })
+        Ok(AtomicFile {
+            tmp: Some(tmp),
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// A new temporary file beside `dest`, readable by everyone (0644).
@@ -111,14 +119,23 @@ impl AtomicFile {
         self.file_mut().flush().map_err(io_at(&tmp_path))?;
         self.as_file().sync_all().map_err(io_at(&tmp_path))?;
         if interrupted() {
-            return Err(Error::Interrupted { path: dest.to_path_buf() });
+            return Err(Error::Interrupted {
+                path: dest.to_path_buf(),
+            });
         }
         let tmp = self.tmp.take().expect("present until finish");
-        let persisted = if clobber { tmp.persist(dest) } else { tmp.persist_noclobber(dest) };
+        let persisted = if clobber {
+            tmp.persist(dest)
+        } else {
+            tmp.persist_noclobber(dest)
+        };
         in_flight(|set| {
             set.remove(&tmp_path);
         });
-        persisted.map_err(|e| Error::Io { path: dest.to_path_buf(), source: e.error })?;
+        persisted.map_err(|e| Error::Io {
+            path: dest.to_path_buf(),
+            source: e.error,
+        })?;
         sync_dir(&self.dir)
     }
 }
@@ -144,7 +161,9 @@ impl Write for AtomicFile {
 }
 
 fn parent_of(path: &Path) -> &Path {
-    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 /// Write `data` to `dest` atomically, mode 0644.
@@ -168,10 +187,15 @@ pub fn remove_stale(dir: &Path) -> Result<(), Error> {
     for entry in fs::read_dir(dir).map_err(io_at(dir))? {
         let entry = entry.map_err(io_at(dir))?;
         let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(".tmp-")) else { continue };
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(".tmp-")) else {
+            continue;
+        };
         let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
         let alive = pid.is_some_and(|pid| {
-            !matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH))
+            !matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                Err(nix::errno::Errno::ESRCH)
+            )
         });
         if !alive {
             let path = entry.path();
@@ -195,7 +219,10 @@ mod tests {
     use super::*;
 
     fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     }
@@ -211,7 +238,11 @@ mod tests {
             let mut f = AtomicFile::beside(&dest).unwrap();
             f.write_all(b"half").unwrap();
         }
-        assert_eq!(names(&dir.path().join("sub")), ["file"], "a dropped writer leaves no temporary file");
+        assert_eq!(
+            names(&dir.path().join("sub")),
+            ["file"],
+            "a dropped writer leaves no temporary file"
+        );
         let mut key = AtomicFile::new(dir.path(), 0o600).unwrap();
         key.write_all(b"k").unwrap();
         key.commit_noclobber(&dest).unwrap_err();
@@ -224,12 +255,24 @@ mod tests {
     fn interrupt_removes_temporaries_and_stops_renames() {
         if std::env::var_os("STRATA_TEST_INTERRUPT_CHILD").is_none() {
             let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "store::atomic::tests::interrupt_removes_temporaries_and_stops_renames", "--nocapture"])
+                .args([
+                    "--exact",
+                    "store::atomic::tests::interrupt_removes_temporaries_and_stops_renames",
+                    "--nocapture",
+                ])
                 .env("STRATA_TEST_INTERRUPT_CHILD", "1")
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "the child ran the test");
+            assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+                "the child ran the test"
+            );
             return;
         }
         let dir = tempfile::tempdir().unwrap();

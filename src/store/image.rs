@@ -53,7 +53,11 @@ pub fn put_layer_blob(store: &Store, layer: &Layer) -> Result<LayerBlob> {
     let diff_id = Digest::of(&tar);
     let compressed = LAYER_COMPRESSION.compress(&tar).context("compressing the layer tar")?;
     let digest = store.put_blob(&compressed)?;
-    Ok(LayerBlob { digest, size: compressed.len() as u64, diff_id })
+    Ok(LayerBlob {
+        digest,
+        size: compressed.len() as u64,
+        diff_id,
+    })
 }
 
 /// Read a layer blob back (verified by digest) into a [`Layer`].
@@ -68,7 +72,11 @@ fn oci_digest(d: &Digest) -> oci_spec::image::Digest {
 }
 
 fn descriptor(media_type: MediaType, digest: &Digest, size: u64) -> Result<oci_spec::image::Descriptor> {
-    Ok(DescriptorBuilder::default().media_type(media_type).digest(oci_digest(digest)).size(size).build()?)
+    Ok(DescriptorBuilder::default()
+        .media_type(media_type)
+        .digest(oci_digest(digest))
+        .size(size)
+        .build()?)
 }
 
 /// The OCI annotations every layer manifest carries: `created` (from the layer's epoch),
@@ -96,10 +104,20 @@ pub fn rfc3339(epoch: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
-fn put_manifest(store: &Store, name: &str, manifest: &ImageManifest, artifact_type: Option<&str>) -> Result<Descriptor> {
+fn put_manifest(
+    store: &Store,
+    name: &str,
+    manifest: &ImageManifest,
+    artifact_type: Option<&str>,
+) -> Result<Descriptor> {
     let bytes = canonical_json(manifest);
     let digest = store.put_blob(&bytes)?;
     let desc = Descriptor {
@@ -114,20 +132,35 @@ fn put_manifest(store: &Store, name: &str, manifest: &ImageManifest, artifact_ty
 }
 
 /// Store a userspace layer as a one-layer OCI image named `name`.
-pub fn put_image(store: &Store, name: &str, blob: &LayerBlob, epoch: u64, annotations: HashMap<String, String>) -> Result<Descriptor> {
+pub fn put_image(
+    store: &Store,
+    name: &str,
+    blob: &LayerBlob,
+    epoch: u64,
+    annotations: HashMap<String, String>,
+) -> Result<Descriptor> {
     let config = ImageConfigurationBuilder::default()
         .architecture(oci_spec::image::Arch::Amd64)
         .os(oci_spec::image::Os::Linux)
         .created(rfc3339(epoch))
         .config(ConfigBuilder::default().build()?)
-        .rootfs(RootFsBuilder::default().typ("layers").diff_ids(vec![blob.diff_id.to_string()]).build()?)
+        .rootfs(
+            RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(vec![blob.diff_id.to_string()])
+                .build()?,
+        )
         .build()?;
     let config_bytes = canonical_json(&config);
     let config_digest = store.put_blob(&config_bytes)?;
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
-        .config(descriptor(MediaType::ImageConfig, &config_digest, config_bytes.len() as u64)?)
+        .config(descriptor(
+            MediaType::ImageConfig,
+            &config_digest,
+            config_bytes.len() as u64,
+        )?)
         .layers(vec![descriptor(MediaType::ImageLayerZstd, &blob.digest, blob.size)?])
         .annotations(annotations)
         .build()?;
@@ -161,7 +194,9 @@ pub fn put_artifact(
 /// The manifest named `name`, if present and readable. A corrupt manifest blob counts as
 /// absent (it is removed by the store's verified read and rebuilt).
 pub fn get_manifest(store: &Store, name: &str) -> Result<Option<ImageManifest>> {
-    let Some(desc) = store.get_ref(name)? else { return Ok(None) };
+    let Some(desc) = store.get_ref(name)? else {
+        return Ok(None);
+    };
     match store.read_json::<ImageManifest>(&desc.digest) {
         Ok(m) => Ok(Some(m)),
         Err(crate::store::Error::Missing { .. }) => Ok(None),
@@ -177,7 +212,9 @@ pub fn get_manifest(store: &Store, name: &str) -> Result<Option<ImageManifest>> 
 /// Corrupt blobs are removed (by the store's verified read) and reported, so the caller
 /// rebuilds the layer.
 pub fn verify(store: &Store, name: &str) -> Result<bool> {
-    let Some(manifest) = get_manifest(store, name)? else { return Ok(false) };
+    let Some(manifest) = get_manifest(store, name)? else {
+        return Ok(false);
+    };
     let blobs = std::iter::once(manifest.config()).chain(manifest.layers().iter());
     for desc in blobs {
         let (digest, size) = layer_digest(desc)?;
@@ -229,7 +266,14 @@ mod tests {
         assert_eq!(read_layer_blob(&store, &d).unwrap(), layer);
         assert_eq!(m.annotations().as_ref().unwrap()[ANN_EPOCH], "5");
         // Same input, same manifest bytes.
-        let again = put_image(&store, "t2", &put_layer_blob(&store, &layer).unwrap(), 5, HashMap::from([(ANN_EPOCH.into(), "5".into())])).unwrap();
+        let again = put_image(
+            &store,
+            "t2",
+            &put_layer_blob(&store, &layer).unwrap(),
+            5,
+            HashMap::from([(ANN_EPOCH.into(), "5".into())]),
+        )
+        .unwrap();
         assert_eq!(again.digest, store.get_ref("t").unwrap().unwrap().digest);
         // A corrupted layer blob makes the layer count as absent (and is removed).
         assert!(verify(&store, "t").unwrap());

@@ -31,8 +31,14 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("blob {expected} in {path} is corrupt: its content hashes to {found} (removed; it will be rebuilt or fetched again)")]
-    DigestMismatch { path: PathBuf, expected: Digest, found: Digest },
+    #[error(
+        "blob {expected} in {path} is corrupt: its content hashes to {found} (removed; it will be rebuilt or fetched again)"
+    )]
+    DigestMismatch {
+        path: PathBuf,
+        expected: Digest,
+        found: Digest,
+    },
     #[error("blob {digest}: expected {expected} bytes, got {found}")]
     SizeMismatch { digest: Digest, expected: u64, found: u64 },
     #[error("blob {digest} is not in the store at {root}")]
@@ -46,7 +52,10 @@ pub enum Error {
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A descriptor as stored in `index.json` and manifests.
@@ -98,7 +107,9 @@ impl Store {
             };
             write_atomic(&index, &canonical_json(&empty))?;
         }
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
     }
 
     /// The layout's directory.
@@ -130,7 +141,12 @@ impl Store {
     /// A writer that hashes while writing into a temporary file of the store.
     pub fn blob_writer(&self) -> Result<BlobWriter, Error> {
         let file = atomic::AtomicFile::new(&self.root.join("blobs/sha256"), 0o644)?;
-        Ok(BlobWriter { store: self.clone(), file, hasher: Sha256::new(), size: 0 })
+        Ok(BlobWriter {
+            store: self.clone(),
+            file,
+            hasher: Sha256::new(),
+            size: 0,
+        })
     }
 
     /// Read and verify a whole blob. A corrupt blob is removed and reported.
@@ -139,14 +155,21 @@ impl Store {
         let data = match fs::read(&path) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::Missing { root: self.root.clone(), digest: digest.clone() });
+                return Err(Error::Missing {
+                    root: self.root.clone(),
+                    digest: digest.clone(),
+                });
             }
             Err(e) => return Err(Error::Io { path, source: e }),
         };
         let found = Digest::of(&data);
         if &found != digest {
             fs::remove_file(&path).map_err(io_at(&path))?;
-            return Err(Error::DigestMismatch { path, expected: digest.clone(), found });
+            return Err(Error::DigestMismatch {
+                path,
+                expected: digest.clone(),
+                found,
+            });
         }
         Ok(data)
     }
@@ -154,13 +177,19 @@ impl Store {
     /// Read a blob and parse it as JSON.
     pub fn read_json<T: serde::de::DeserializeOwned>(&self, digest: &Digest) -> Result<T, Error> {
         let data = self.read_blob(digest)?;
-        serde_json::from_slice(&data).map_err(|source| Error::BadIndex { path: self.blob_path(digest), source })
+        serde_json::from_slice(&data).map_err(|source| Error::BadIndex {
+            path: self.blob_path(digest),
+            source,
+        })
     }
 
     /// The manifest descriptor named `name`, if any.
     pub fn get_ref(&self, name: &str) -> Result<Option<Descriptor>, Error> {
         let index = self.read_index()?;
-        Ok(index.manifests.into_iter().find(|d| d.annotations.get(REF_NAME).is_some_and(|n| n == name)))
+        Ok(index
+            .manifests
+            .into_iter()
+            .find(|d| d.annotations.get(REF_NAME).is_some_and(|n| n == name)))
     }
 
     /// Point `name` at `desc` (replacing any previous manifest of that name).
@@ -169,10 +198,14 @@ impl Store {
         let lock = File::create(&lock_path).map_err(io_at(&lock_path))?;
         lock.lock().map_err(io_at(&lock_path))?;
         let mut index = self.read_index()?;
-        index.manifests.retain(|d| d.annotations.get(REF_NAME).is_none_or(|n| n != name));
+        index
+            .manifests
+            .retain(|d| d.annotations.get(REF_NAME).is_none_or(|n| n != name));
         desc.annotations.insert(REF_NAME.into(), name.into());
         index.manifests.push(desc);
-        index.manifests.sort_by(|a, b| a.annotations.get(REF_NAME).cmp(&b.annotations.get(REF_NAME)));
+        index
+            .manifests
+            .sort_by(|a, b| a.annotations.get(REF_NAME).cmp(&b.annotations.get(REF_NAME)));
         write_atomic(&self.root.join("index.json"), &canonical_json(&index))?;
         Ok(())
     }
@@ -202,10 +235,18 @@ impl BlobWriter {
         let digest = Digest::from_hasher(self.hasher);
         if let Some((want, want_size)) = expected {
             if &digest != want {
-                return Err(Error::DigestMismatch { path: tmp, expected: want.clone(), found: digest });
+                return Err(Error::DigestMismatch {
+                    path: tmp,
+                    expected: want.clone(),
+                    found: digest,
+                });
             }
             if self.size != want_size {
-                return Err(Error::SizeMismatch { digest, expected: want_size, found: self.size });
+                return Err(Error::SizeMismatch {
+                    digest,
+                    expected: want_size,
+                    found: self.size,
+                });
             }
         }
         self.file.commit(&self.store.blob_path(&digest))?;
@@ -263,7 +304,10 @@ mod tests {
         fs::write(blobs.join(".tmp-legacy"), b"partial").unwrap();
         let live = store.blob_writer().unwrap();
         Store::open(dir.path()).unwrap();
-        let left: Vec<String> = fs::read_dir(&blobs).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let left: Vec<String> = fs::read_dir(&blobs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         assert_eq!(left.len(), 1, "{left:?}");
         assert!(left[0].starts_with(&format!(".tmp-{}-", std::process::id())));
         drop(live);
@@ -278,7 +322,10 @@ mod tests {
         assert_eq!(fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o644);
         let store = Store::open(&dir.path().join("oci")).unwrap();
         let d = store.put_blob(b"x").unwrap();
-        assert_eq!(fs::metadata(store.blob_path(&d)).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            fs::metadata(store.blob_path(&d)).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
     }
 
     #[test]
@@ -288,12 +335,18 @@ mod tests {
         let mut w = store.blob_writer().unwrap();
         w.write_all(b"abc").unwrap();
         let wrong = Digest::of(b"abd");
-        assert!(matches!(w.commit(Some((&wrong, 3))).unwrap_err(), Error::DigestMismatch { .. }));
+        assert!(matches!(
+            w.commit(Some((&wrong, 3))).unwrap_err(),
+            Error::DigestMismatch { .. }
+        ));
         let leftovers: Vec<_> = fs::read_dir(dir.path().join("blobs/sha256")).unwrap().collect();
         assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
         let mut w = store.blob_writer().unwrap();
         w.write_all(b"abc").unwrap();
-        assert!(matches!(w.commit(Some((&Digest::of(b"abc"), 4))).unwrap_err(), Error::SizeMismatch { .. }));
+        assert!(matches!(
+            w.commit(Some((&Digest::of(b"abc"), 4))).unwrap_err(),
+            Error::SizeMismatch { .. }
+        ));
     }
 
     #[test]
@@ -312,7 +365,8 @@ mod tests {
         store.set_ref("b", desc(b"{}")).unwrap();
         assert_eq!(store.get_ref("a").unwrap().unwrap().digest, Digest::of(b"{ }"));
         assert!(store.get_ref("c").unwrap().is_none());
-        let index: serde_json::Value = serde_json::from_slice(&fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+        let index: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.path().join("index.json")).unwrap()).unwrap();
         assert_eq!(index["schemaVersion"], 2);
         assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
     }

@@ -21,9 +21,17 @@ pub fn default_set() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("layers/debian-trixie")
 }
 
-/// Whether the e2e tools are there (panics in CI when they are not).
-pub fn have_tools(names: &[&str]) -> bool {
-    names.iter().all(|n| support::tool(n).is_some())
+/// Fails the test (naming the tool and ci/setup.sh) unless every tool of `names` is
+/// installed; `podman` must also answer `podman info`. Called first, so that a missing tool
+/// fails before the long build.
+pub fn require_tools(names: &[&str]) {
+    for name in names {
+        if *name == "podman" {
+            support::podman();
+        } else {
+            support::tool(name);
+        }
+    }
 }
 
 /// Run strata with a watchdog; returns its output.
@@ -53,7 +61,14 @@ pub fn build(set: &Path, cache: &Path, out: &Path, env: &[(&str, &str)]) -> Outp
 
 /// `strata build` with further arguments (`--key`, `--extension`, …).
 pub fn build_with(set: &Path, cache: &Path, out: &Path, env: &[(&str, &str)], extra: &[&str]) -> Output {
-    let mut args = vec!["build", set.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    let mut args = vec![
+        "build",
+        set.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     strata(&args, env, &[])
 }
@@ -68,7 +83,12 @@ pub fn products(out: &Path) -> serde_json::Value {
 
 pub fn product_file(out: &Path, kind: &str) -> PathBuf {
     let p = products(out);
-    let item = p["products"].as_array().unwrap().iter().find(|x| x["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in products.json"));
+    let item = p["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in products.json"));
     out.join(item["file"].as_str().unwrap())
 }
 
@@ -87,4 +107,3 @@ pub fn zstd_members(data: &[u8]) -> Vec<&[u8]> {
     }
     out
 }
-

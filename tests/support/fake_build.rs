@@ -6,12 +6,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use strata::store::image as oci;
 use strata::config::LayerSet;
 use strata::digest::Digest;
 use strata::plan;
 use strata::products::{self, LayerRecord, Product, Products};
 use strata::store::Store;
+use strata::store::image as oci;
 use strata_format::compress::Compression;
 use strata_format::layer::{Entry, Layer};
 

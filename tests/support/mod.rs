@@ -1,45 +1,33 @@
-//! Gating for tests that need reference tools (`skopeo`, `docker-registry`, …) or services
-//! (the loopback registry that `ci/registry.sh start` runs).
+//! Tools (`skopeo`, `docker-registry`, podman, …) and services (the loopback registry that
+//! `ci/registry.sh start` runs) for the tests that need them.
 //!
-//! Locally a missing tool or service skips the check with a message on stderr. In CI (`CI`
-//! set) or with `STRATA_REQUIRE_TOOLS=1`, it fails the test: a cross-check must never pass
-//! silently where it is supposed to run.
+//! Such tests are `#[ignore]`d, so a plain `cargo test` does not run them; they run with
+//! `cargo test -- --include-ignored`, as `ci/test.sh` does. When one runs, a missing tool or
+//! service fails it with a message naming what is missing and `ci/setup.sh`: a cross-check
+//! never passes without having checked anything.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 
 pub mod dissect;
 
-/// Whether missing reference tools must fail tests instead of skipping them.
-pub fn tools_required() -> bool {
-    std::env::var_os("STRATA_REQUIRE_TOOLS").is_some_and(|v| v != "0")
-        || std::env::var_os("CI").is_some_and(|v| v != "false" && v != "0")
-}
-
-/// Find `name` on PATH (and in /usr/sbin, /sbin, where Debian puts some of them).
-/// Returns None (after saying so) when the tool is missing and tools are not required;
-/// panics when they are.
-pub fn tool(name: &str) -> Option<PathBuf> {
+/// Find `name` on PATH (and in /usr/sbin, /sbin, where Debian puts some of them, off a
+/// normal user's PATH). Panics, naming the tool and `ci/setup.sh`, when it is not installed.
+pub fn tool(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from));
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin", "/sbin"].map(PathBuf::from));
     for dir in dirs {
         let candidate = dir.join(name);
         if candidate.is_file() {
-            return Some(candidate);
+            return candidate;
         }
     }
-    if tools_required() {
-        panic!(
-            "reference tool `{name}` is required (CI or STRATA_REQUIRE_TOOLS set) but not installed; run ci/setup.sh"
-        );
-    }
-    eprintln!("SKIP: reference tool `{name}` not installed (set STRATA_REQUIRE_TOOLS=1 to make this fail)");
-    None
+    panic!("this test needs `{name}`, which is not installed (not on PATH, /usr/sbin or /sbin); run ci/setup.sh");
 }
 
-/// The address (`127.0.0.1:5000`) of the loopback registry started by
-/// `ci/registry.sh start`, if `GET /v2/` answers 200 there. Same gating as [`tool`].
-pub fn registry() -> Option<String> {
+/// The address (`127.0.0.1:5000`) of the loopback registry started by `ci/registry.sh start`
+/// (ci/setup.sh starts it). Panics unless `GET /v2/` answers 200 there.
+pub fn registry() -> String {
     use std::io::{Read, Write};
     let addr = "127.0.0.1:5000";
     let answer = (|| -> std::io::Result<String> {
@@ -51,37 +39,27 @@ pub fn registry() -> Option<String> {
         s.read_to_string(&mut out)?;
         Ok(out)
     })();
-    match answer {
-        Ok(a) if a.starts_with("HTTP/1.1 200") => return Some(addr.to_string()),
-        Ok(a) => eprintln!("registry on {addr} answered: {}", a.lines().next().unwrap_or("")),
-        Err(e) => eprintln!("no registry on {addr}: {e}"),
-    }
-    if tools_required() {
-        panic!(
-            "the registry on http://{addr}/v2/ is required (CI or STRATA_REQUIRE_TOOLS set); run ci/registry.sh start"
-        );
-    }
-    eprintln!(
-        "SKIP: no registry on http://{addr}/v2/ (run ci/registry.sh start; set STRATA_REQUIRE_TOOLS=1 to make this fail)"
+    let problem = match answer {
+        Ok(a) if a.starts_with("HTTP/1.1 200") => return addr.to_string(),
+        Ok(a) => format!("it answered {}", a.lines().next().unwrap_or("")),
+        Err(e) => e.to_string(),
+    };
+    panic!(
+        "this test needs the docker-registry on http://{addr}/v2/ ({problem}); run ci/setup.sh (or ci/registry.sh start)"
     );
-    None
 }
 
-/// The `podman` binary, if it is installed and can talk to its storage (`podman info`
-/// succeeds). Same gating as [`tool`]: skips locally, panics in CI.
-pub fn podman() -> Option<PathBuf> {
-    let podman = tool("podman")?;
+/// The `podman` binary. Panics unless it is installed and can talk to its storage
+/// (`podman info` succeeds).
+pub fn podman() -> PathBuf {
+    let podman = tool("podman");
     let info = std::process::Command::new(&podman)
         .args(["info", "--format", "{{.Host.OCIRuntime.Name}}"])
         .output();
     let problem = match info {
-        Ok(out) if out.status.success() => return Some(podman),
+        Ok(out) if out.status.success() => return podman,
         Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
         Err(e) => e.to_string(),
     };
-    if tools_required() {
-        panic!("podman is required (CI or STRATA_REQUIRE_TOOLS set) but `podman info` fails: {problem}");
-    }
-    eprintln!("SKIP: `podman info` fails: {problem} (set STRATA_REQUIRE_TOOLS=1 to make this fail)");
-    None
+    panic!("this test needs `podman`, but `podman info` fails: {problem}; run ci/setup.sh");
 }

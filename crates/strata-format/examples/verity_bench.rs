@@ -40,12 +40,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(
-    data: &str,
-    hash: &str,
-    salt: &str,
-    uuid: &str,
-) -> Result<verity::RootHash, Box<dyn std::error::Error>> {
+fn run(data: &str, hash: &str, salt: &str, uuid: &str) -> Result<verity::RootHash, Box<dyn std::error::Error>> {
     let salt = hex_decode(salt).ok_or("salt is not an even-length hex string")?;
     let params = Params::new(salt, uuid.parse()?);
     let input = File::open(data)?;

@@ -60,7 +60,9 @@ impl Compression {
                 Encoder::Zstd(enc)
             }
             Compression::Gzip { level } => Encoder::Gzip(
-                flate2::GzBuilder::new().mtime(0).write(out, flate2::Compression::new(level)),
+                flate2::GzBuilder::new()
+                    .mtime(0)
+                    .write(out, flate2::Compression::new(level)),
             ),
             Compression::Xz { level } => {
                 let stream = xz2::stream::Stream::new_easy_encoder(level, xz2::stream::Check::Crc32)
@@ -135,9 +137,15 @@ impl FromStr for Compression {
         };
         Ok(match name {
             "none" if level.is_none() => Compression::None,
-            "zstd" => Compression::Zstd { level: in_range(1, 19, 19)? as i32 },
-            "gzip" | "gz" => Compression::Gzip { level: in_range(1, 9, 9)? as u32 },
-            "xz" => Compression::Xz { level: in_range(0, 9, 6)? as u32 },
+            "zstd" => Compression::Zstd {
+                level: in_range(1, 19, 19)? as i32,
+            },
+            "gzip" | "gz" => Compression::Gzip {
+                level: in_range(1, 9, 9)? as u32,
+            },
+            "xz" => Compression::Xz {
+                level: in_range(0, 9, 6)? as u32,
+            },
             _ => return Err(err()),
         })
     }
@@ -166,7 +174,12 @@ mod tests {
     #[test]
     fn every_algorithm_round_trips_and_is_deterministic() {
         let d = data();
-        for c in [Compression::None, Compression::Zstd { level: 3 }, Compression::Gzip { level: 6 }, Compression::Xz { level: 1 }] {
+        for c in [
+            Compression::None,
+            Compression::Zstd { level: 3 },
+            Compression::Gzip { level: 6 },
+            Compression::Xz { level: 1 },
+        ] {
             let a = c.compress(&d).unwrap();
             assert_eq!(a, c.compress(&d).unwrap(), "{c} not deterministic");
             let mut back = Vec::new();
@@ -174,7 +187,9 @@ mod tests {
                 Compression::None => back = a.clone(),
                 Compression::Zstd { .. } => back = zstd::decode_all(a.as_slice()).unwrap(),
                 Compression::Gzip { .. } => {
-                    flate2::read::GzDecoder::new(a.as_slice()).read_to_end(&mut back).unwrap();
+                    flate2::read::GzDecoder::new(a.as_slice())
+                        .read_to_end(&mut back)
+                        .unwrap();
                 }
                 Compression::Xz { .. } => {
                     xz2::read::XzDecoder::new(a.as_slice()).read_to_end(&mut back).unwrap();

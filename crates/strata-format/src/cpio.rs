@@ -23,7 +23,11 @@ const TRAILER: &str = "TRAILER!!!";
 #[non_exhaustive]
 pub enum Error {
     #[error("cpio entry `{path}`: {what} {value} does not fit the 32-bit newc field")]
-    FieldOverflow { path: String, what: &'static str, value: u64 },
+    FieldOverflow {
+        path: String,
+        what: &'static str,
+        value: u64,
+    },
     #[error("cpio entry `{path}` is a hard link to `{target}`, which is not an earlier regular file")]
     DanglingHardlink { path: String, target: String },
     #[error("writing cpio archive")]
@@ -124,10 +128,22 @@ pub fn write(layer: &Layer, out: impl Write) -> Result<Stats, Error> {
         };
         write_entry(&mut w, &header, &e.path, data)?;
     }
-    let trailer = Header { ino: 0, mode: 0, uid: 0, gid: 0, nlink: 1, mtime: 0, size: 0, rdev: (0, 0) };
+    let trailer = Header {
+        ino: 0,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        nlink: 1,
+        mtime: 0,
+        size: 0,
+        rdev: (0, 0),
+    };
     write_entry(&mut w, &trailer, TRAILER, &[])?;
     w.inner.flush()?;
-    Ok(Stats { entries: entries.len() as u64, bytes: w.count })
+    Ok(Stats {
+        entries: entries.len() as u64,
+        bytes: w.count,
+    })
 }
 
 fn hardlink_target(e: &crate::layer::Entry) -> &str {
@@ -157,9 +173,17 @@ fn write_entry(w: &mut CountingWriter<impl Write>, h: &Header, name: &str, data:
     let mut buf = Vec::with_capacity(110 + namesize + 3);
     buf.extend_from_slice(MAGIC);
     for field in [
-        h.ino, h.mode, h.uid, h.gid, h.nlink, h.mtime, h.size,
-        0, 0, // device of the archived file system: not meaningful here
-        h.rdev.0, h.rdev.1,
+        h.ino,
+        h.mode,
+        h.uid,
+        h.gid,
+        h.nlink,
+        h.mtime,
+        h.size,
+        0,
+        0, // device of the archived file system: not meaningful here
+        h.rdev.0,
+        h.rdev.1,
         namesize as u32,
         0, // check: only used by the "070702" CRC format
     ] {
@@ -204,20 +228,52 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     fn entry(path: &str, kind: EntryKind, mode: u32) -> Entry {
-        Entry { path: path.into(), kind, mode, uid: 0, gid: 0, mtime: 1_700_000_000, xattrs: Default::default() }
+        Entry {
+            path: path.into(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: 1_700_000_000,
+            xattrs: Default::default(),
+        }
     }
 
     fn sample() -> Layer {
         Layer::from_entries(vec![
             entry("etc", EntryKind::Dir, 0o755),
-            entry("etc/initrd-release", EntryKind::File { data: b"ID=debian\n".to_vec() }, 0o644),
-            entry("init", EntryKind::Symlink { target: "usr/lib/systemd/systemd".into() }, 0o777),
+            entry(
+                "etc/initrd-release",
+                EntryKind::File {
+                    data: b"ID=debian\n".to_vec(),
+                },
+                0o644,
+            ),
+            entry(
+                "init",
+                EntryKind::Symlink {
+                    target: "usr/lib/systemd/systemd".into(),
+                },
+                0o777,
+            ),
             entry("dev", EntryKind::Dir, 0o755),
             entry("dev/console", EntryKind::CharDevice { major: 5, minor: 1 }, 0o600),
             entry("usr", EntryKind::Dir, 0o755),
             entry("usr/bin", EntryKind::Dir, 0o755),
-            entry("usr/bin/a", EntryKind::File { data: b"same inode".to_vec() }, 0o755),
-            entry("usr/bin/b", EntryKind::Hardlink { target: "usr/bin/a".into() }, 0o755),
+            entry(
+                "usr/bin/a",
+                EntryKind::File {
+                    data: b"same inode".to_vec(),
+                },
+                0o755,
+            ),
+            entry(
+                "usr/bin/b",
+                EntryKind::Hardlink {
+                    target: "usr/bin/a".into(),
+                },
+                0o755,
+            ),
         ])
         .expect("valid sample")
     }
@@ -228,8 +284,8 @@ mod tests {
         let mut out = Vec::new();
         write(&layer, &mut out).unwrap();
         let expected_first = concat!(
-            "070701", "00000001", "000081A4", "00000000", "00000000", "00000001", "6553F100",
-            "00000002", "00000000", "00000000", "00000000", "00000000", "00000002", "00000000",
+            "070701", "00000001", "000081A4", "00000000", "00000000", "00000001", "6553F100", "00000002", "00000000",
+            "00000000", "00000000", "00000000", "00000002", "00000000",
         );
         assert_eq!(&out[..110], expected_first.as_bytes());
         // name "a\0" pads 112 -> 112 (110+2), data "hi" pads to 4
@@ -269,7 +325,13 @@ mod tests {
     fn dangling_hardlink_is_an_error() {
         let layer = Layer::from_entries(vec![
             entry("usr", EntryKind::Dir, 0o755),
-            entry("usr/x", EntryKind::Hardlink { target: "usr/missing".into() }, 0o644),
+            entry(
+                "usr/x",
+                EntryKind::Hardlink {
+                    target: "usr/missing".into(),
+                },
+                0o644,
+            ),
         ]);
         // Layer construction already rejects it, naming the path.
         let err = layer.unwrap_err().to_string();

@@ -84,9 +84,7 @@ pub enum Error {
     #[error("the hash tree does not start with a dm-verity superblock")]
     NotAHashTree,
     /// The hash tree was made for data of another size.
-    #[error(
-        "the hash tree covers {hash_tree_blocks} data blocks but the data image has {data_blocks}"
-    )]
+    #[error("the hash tree covers {hash_tree_blocks} data blocks but the data image has {data_blocks}")]
     HashTreeSizeMismatch {
         /// Data blocks recorded in the hash tree's superblock.
         hash_tree_blocks: u64,
@@ -108,9 +106,7 @@ pub enum Error {
         offset: usize,
     },
     /// systemd does not read signature partitions above 4 MiB.
-    #[error(
-        "the signature partition would be {size} bytes; systemd reads at most {MAX_SIGNATURE_PARTITION_SIZE}"
-    )]
+    #[error("the signature partition would be {size} bytes; systemd reads at most {MAX_SIGNATURE_PARTITION_SIZE}")]
     SignatureTooLarge {
         /// Padded size of the signature partition.
         size: u64,
@@ -196,17 +192,11 @@ impl Arch {
 /// PKCS#7 signature (DER) of the root hash's hex string in base64.
 ///
 /// Every value is hex or base64, so there is nothing to escape.
-pub fn signature_json(
-    root_hash: &RootHash,
-    certificate_fingerprint: &[u8; 32],
-    signature_der: &[u8],
-) -> String {
+pub fn signature_json(root_hash: &RootHash, certificate_fingerprint: &[u8; 32], signature_der: &[u8]) -> String {
     use base64::Engine as _;
     let fingerprint = RootHash(*certificate_fingerprint); // same 32-byte lowercase-hex display
     let signature = base64::engine::general_purpose::STANDARD.encode(signature_der);
-    format!(
-        r#"{{"rootHash":"{root_hash}","certificateFingerprint":"{fingerprint}","signature":"{signature}"}}"#
-    )
+    format!(r#"{{"rootHash":"{root_hash}","certificateFingerprint":"{fingerprint}","signature":"{signature}"}}"#)
 }
 
 /// The pieces of a signed, verity-protected DDI.
@@ -268,9 +258,7 @@ pub fn layout(
     // At least one NUL after the JSON, as systemd-repart writes it.
     let signature_size = (signature_len + 1).next_multiple_of(ALIGNMENT);
     if signature_size > MAX_SIGNATURE_PARTITION_SIZE {
-        return Err(Error::SignatureTooLarge {
-            size: signature_size,
-        });
+        return Err(Error::SignatureTooLarge { size: signature_size });
     }
     Ok(place(arch, data_size, hash_tree_len, Some(signature_size), root_hash))
 }
@@ -331,12 +319,7 @@ fn place<const N: usize>(
         }
     };
     let mut partitions = vec![
-        next(
-            types.root,
-            uuid_from(&hash[..16]),
-            format!("root-{name}"),
-            data_size,
-        ),
+        next(types.root, uuid_from(&hash[..16]), format!("root-{name}"), data_size),
         next(
             types.root_verity,
             uuid_from(&hash[16..]),
@@ -424,13 +407,8 @@ fn write_layout<R: Read, const N: usize>(
     w.put(&entries)?;
 
     w.zeros_to(data_part.offset)?;
-    let copied = io::copy(&mut (&mut data).take(data_size), &mut w).map_err(|e| {
-        if w.failed {
-            Error::Write(e)
-        } else {
-            Error::Read(e)
-        }
-    })?;
+    let copied = io::copy(&mut (&mut data).take(data_size), &mut w)
+        .map_err(|e| if w.failed { Error::Write(e) } else { Error::Read(e) })?;
     if copied != data_size {
         return Err(Error::ShortData {
             read: copied,
@@ -454,10 +432,7 @@ fn write_layout<R: Read, const N: usize>(
 /// Check the hash tree's superblock against the data size: a cheap guard against pairing a
 /// hash tree with the wrong data image.
 fn check_superblock(hash_tree: &[u8], data_size: u64) -> Result<(), Error> {
-    let Some(sb) = hash_tree
-        .get(..88)
-        .filter(|sb| sb.starts_with(b"verity\0\0"))
-    else {
+    let Some(sb) = hash_tree.get(..88).filter(|sb| sb.starts_with(b"verity\0\0")) else {
         return Err(Error::NotAHashTree);
     };
     let hash_tree_blocks = u64::from_le_bytes(sb[72..80].try_into().expect("8 bytes"));
@@ -504,22 +479,14 @@ fn protective_mbr(last_lba: u64) -> [u8; SECTOR_SIZE as usize] {
 /// The partition entry array (128 entries of 128 bytes; unused ones zero).
 fn entry_array(partitions: &[Partition]) -> Vec<u8> {
     let mut array = vec![0u8; (ENTRY_COUNT * ENTRY_SIZE) as usize];
-    for (p, entry) in partitions
-        .iter()
-        .zip(array.chunks_exact_mut(ENTRY_SIZE as usize))
-    {
+    for (p, entry) in partitions.iter().zip(array.chunks_exact_mut(ENTRY_SIZE as usize)) {
         entry[0..16].copy_from_slice(&p.type_uuid.to_bytes_le());
         entry[16..32].copy_from_slice(&p.uuid.to_bytes_le());
         entry[32..40].copy_from_slice(&(p.offset / SECTOR_SIZE).to_le_bytes());
         entry[40..48].copy_from_slice(&((p.offset + p.size) / SECTOR_SIZE - 1).to_le_bytes());
         entry[48..56].copy_from_slice(&p.attributes.to_le_bytes());
         // Names are UTF-16LE, at most 36 code units; ours are short ASCII.
-        for (unit, slot) in p
-            .name
-            .encode_utf16()
-            .take(36)
-            .zip(entry[56..128].chunks_exact_mut(2))
-        {
+        for (unit, slot) in p.name.encode_utf16().take(36).zip(entry[56..128].chunks_exact_mut(2)) {
             slot.copy_from_slice(&unit.to_le_bytes());
         }
     }
@@ -528,19 +495,9 @@ fn entry_array(partitions: &[Partition]) -> Vec<u8> {
 
 /// A GPT header sector: the primary one (at LBA 1, entries after it) or the backup one (at
 /// the last LBA, entries before it).
-fn header(
-    disk_guid: Uuid,
-    size: u64,
-    entries: &[u8],
-    my_lba: u64,
-    alternate_lba: u64,
-) -> [u8; SECTOR_SIZE as usize] {
+fn header(disk_guid: Uuid, size: u64, entries: &[u8], my_lba: u64, alternate_lba: u64) -> [u8; SECTOR_SIZE as usize] {
     let last_lba = size / SECTOR_SIZE - 1;
-    let entries_lba = if my_lba == 1 {
-        2
-    } else {
-        last_lba - ENTRY_SECTORS
-    };
+    let entries_lba = if my_lba == 1 { 2 } else { last_lba - ENTRY_SECTORS };
     let mut h = [0u8; SECTOR_SIZE as usize];
     h[0..8].copy_from_slice(b"EFI PART");
     h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes()); // revision 1.0

@@ -53,12 +53,24 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
     Dir,
-    File { data: Vec<u8> },
+    File {
+        data: Vec<u8>,
+    },
     /// Another name for the regular file at `target` (an earlier entry of the same layer).
-    Hardlink { target: String },
-    Symlink { target: String },
-    CharDevice { major: u32, minor: u32 },
-    BlockDevice { major: u32, minor: u32 },
+    Hardlink {
+        target: String,
+    },
+    Symlink {
+        target: String,
+    },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
     Fifo,
 }
 
@@ -80,7 +92,15 @@ impl Entry {
 
     /// An entry owned by root with no extended attributes.
     pub fn new(path: &str, kind: EntryKind, mode: u32, mtime: u64) -> Entry {
-        Entry { path: path.into(), kind, mode, uid: 0, gid: 0, mtime, xattrs: BTreeMap::new() }
+        Entry {
+            path: path.into(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime,
+            xattrs: BTreeMap::new(),
+        }
     }
 
     /// The size of the file data (0 for everything but regular files).
@@ -146,7 +166,10 @@ impl Layer {
 
     /// The entry at `path`, if any.
     pub fn get(&self, path: &str) -> Option<&Entry> {
-        self.entries.binary_search_by(|e| e.path.as_str().cmp(path)).ok().map(|i| &self.entries[i])
+        self.entries
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .ok()
+            .map(|i| &self.entries[i])
     }
 
     /// Total size of regular file data.
@@ -174,7 +197,10 @@ impl Layer {
         let mut moved_data: HashMap<String, String> = HashMap::new(); // old holder -> new holder
         let mut orphan_data: HashMap<String, (Vec<u8>, Entry)> = HashMap::new();
         for e in std::mem::take(&mut self.entries) {
-            let under_removed = e.path.rsplit_once('/').is_some_and(|(parent, _)| removed.contains(parent));
+            let under_removed = e
+                .path
+                .rsplit_once('/')
+                .is_some_and(|(parent, _)| removed.contains(parent));
             if under_removed || remove(&e) {
                 if !under_removed {
                     removed_roots.push(e.path.clone());
@@ -212,10 +238,22 @@ impl Layer {
                 continue;
             };
             let header = t.header();
-            let mode = header.mode().map_err(|e| Error::ReadEntry { path: shown.clone(), source: e })? & 0o7777;
-            let uid = header.uid().map_err(|e| Error::ReadEntry { path: shown.clone(), source: e })? as u32;
-            let gid = header.gid().map_err(|e| Error::ReadEntry { path: shown.clone(), source: e })? as u32;
-            let mtime = header.mtime().map_err(|e| Error::ReadEntry { path: shown.clone(), source: e })?;
+            let mode = header.mode().map_err(|e| Error::ReadEntry {
+                path: shown.clone(),
+                source: e,
+            })? & 0o7777;
+            let uid = header.uid().map_err(|e| Error::ReadEntry {
+                path: shown.clone(),
+                source: e,
+            })? as u32;
+            let gid = header.gid().map_err(|e| Error::ReadEntry {
+                path: shown.clone(),
+                source: e,
+            })? as u32;
+            let mtime = header.mtime().map_err(|e| Error::ReadEntry {
+                path: shown.clone(),
+                source: e,
+            })?;
             let entry_type = header.entry_type();
             let link_name = || -> Result<String, Error> {
                 let l = t.link_name_bytes().ok_or_else(|| Error::ReadEntry {
@@ -225,7 +263,10 @@ impl Layer {
                 String::from_utf8(l.into_owned()).map_err(|_| Error::NonUtf8Path { path: shown.clone() })
             };
             let device = |h: &tar::Header| -> (u32, u32) {
-                (h.device_major().ok().flatten().unwrap_or(0), h.device_minor().ok().flatten().unwrap_or(0))
+                (
+                    h.device_major().ok().flatten().unwrap_or(0),
+                    h.device_minor().ok().flatten().unwrap_or(0),
+                )
             };
             let kind = match entry_type {
                 tar::EntryType::Directory => EntryKind::Dir,
@@ -247,12 +288,23 @@ impl Layer {
                 }
                 tar::EntryType::Fifo => EntryKind::Fifo,
                 tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File { data: Vec::new() },
-                other => return Err(Error::UnsupportedType { path: shown, kind: other.as_byte() }),
+                other => {
+                    return Err(Error::UnsupportedType {
+                        path: shown,
+                        kind: other.as_byte(),
+                    });
+                }
             };
             let mut xattrs = BTreeMap::new();
-            if let Some(exts) = t.pax_extensions().map_err(|e| Error::ReadEntry { path: shown.clone(), source: e })? {
+            if let Some(exts) = t.pax_extensions().map_err(|e| Error::ReadEntry {
+                path: shown.clone(),
+                source: e,
+            })? {
                 for ext in exts {
-                    let ext = ext.map_err(|e| Error::ReadEntry { path: shown.clone(), source: e })?;
+                    let ext = ext.map_err(|e| Error::ReadEntry {
+                        path: shown.clone(),
+                        source: e,
+                    })?;
                     if let Some(name) = ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")) {
                         xattrs.insert(name.to_string(), ext.value_bytes().to_vec());
                     }
@@ -261,12 +313,23 @@ impl Layer {
             let kind = match kind {
                 EntryKind::File { .. } => {
                     let mut data = Vec::with_capacity(t.size() as usize);
-                    t.read_to_end(&mut data).map_err(|e| Error::ReadEntry { path: shown.clone(), source: e })?;
+                    t.read_to_end(&mut data).map_err(|e| Error::ReadEntry {
+                        path: shown.clone(),
+                        source: e,
+                    })?;
                     EntryKind::File { data }
                 }
                 k => k,
             };
-            entries.push(Entry { path, kind, mode, uid, gid, mtime, xattrs });
+            entries.push(Entry {
+                path,
+                kind,
+                mode,
+                uid,
+                gid,
+                mtime,
+                xattrs,
+            });
         }
         Layer::from_entries(entries)
     }
@@ -276,11 +339,18 @@ impl Layer {
         let mut b = tar::Builder::new(w);
         b.mode(tar::HeaderMode::Complete);
         for e in &self.entries {
-            let werr = |source| Error::Write { path: e.path.clone(), source };
+            let werr = |source| Error::Write {
+                path: e.path.clone(),
+                source,
+            };
             if !e.xattrs.is_empty() {
-                let records: Vec<(String, &[u8])> =
-                    e.xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice())).collect();
-                b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v))).map_err(werr)?;
+                let records: Vec<(String, &[u8])> = e
+                    .xattrs
+                    .iter()
+                    .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice()))
+                    .collect();
+                b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+                    .map_err(werr)?;
             }
             let mut h = tar::Header::new_gnu();
             h.set_mode(e.mode);
@@ -326,9 +396,16 @@ impl Layer {
                 }
             }
         }
-        b.into_inner().map_err(|source| Error::Write { path: "<end of archive>".into(), source })?.flush().map_err(
-            |source| Error::Write { path: "<end of archive>".into(), source },
-        )?;
+        b.into_inner()
+            .map_err(|source| Error::Write {
+                path: "<end of archive>".into(),
+                source,
+            })?
+            .flush()
+            .map_err(|source| Error::Write {
+                path: "<end of archive>".into(),
+                source,
+            })?;
         Ok(())
     }
 }
@@ -382,7 +459,10 @@ impl Layer {
         for e in &mut out {
             if let EntryKind::Hardlink { target } = &e.kind
                 && !present.contains(target)
-                && let Some(Entry { kind: EntryKind::File { data }, .. }) = self.get(target)
+                && let Some(Entry {
+                    kind: EntryKind::File { data },
+                    ..
+                }) = self.get(target)
             {
                 e.kind = EntryKind::File { data: data.clone() };
             }
@@ -434,7 +514,10 @@ fn reroot_hardlinks(entries: &mut [Entry]) -> Result<(), Error> {
             let mut hops = 0;
             let holder = loop {
                 let Some(&ti) = index.get(&t) else {
-                    return Err(Error::DanglingHardlink { path: e.path.clone(), target: target.clone() });
+                    return Err(Error::DanglingHardlink {
+                        path: e.path.clone(),
+                        target: target.clone(),
+                    });
                 };
                 match &entries[ti].kind {
                     EntryKind::File { .. } => break ti,
@@ -442,7 +525,12 @@ fn reroot_hardlinks(entries: &mut [Entry]) -> Result<(), Error> {
                         t = next.clone();
                         hops += 1;
                     }
-                    _ => return Err(Error::DanglingHardlink { path: e.path.clone(), target: target.clone() }),
+                    _ => {
+                        return Err(Error::DanglingHardlink {
+                            path: e.path.clone(),
+                            target: target.clone(),
+                        });
+                    }
                 }
             };
             groups.entry(holder).or_default().push(i);
@@ -453,7 +541,9 @@ fn reroot_hardlinks(entries: &mut [Entry]) -> Result<(), Error> {
         if first != holder {
             let data = std::mem::replace(
                 &mut entries[holder].kind,
-                EntryKind::Hardlink { target: entries[first].path.clone() },
+                EntryKind::Hardlink {
+                    target: entries[first].path.clone(),
+                },
             );
             entries[first].kind = data;
             // All names share one inode: keep the holder's metadata on the new holder.
@@ -467,7 +557,9 @@ fn reroot_hardlinks(entries: &mut [Entry]) -> Result<(), Error> {
         let first_path = entries[first].path.clone();
         for l in links {
             if l != first {
-                entries[l].kind = EntryKind::Hardlink { target: first_path.clone() };
+                entries[l].kind = EntryKind::Hardlink {
+                    target: first_path.clone(),
+                };
             }
         }
     }
@@ -480,10 +572,18 @@ mod tests {
 
     fn sample() -> Layer {
         let mut cap = Entry::file("usr/bin/ping", b"\x7fELF".to_vec(), 0o755, 5);
-        cap.xattrs.insert("security.capability".into(), vec![1, 0, 0, 2, 0, 0x20, 0, 0]);
+        cap.xattrs
+            .insert("security.capability".into(), vec![1, 0, 0, 2, 0, 0x20, 0, 0]);
         Layer::from_entries(vec![
             Entry::file("usr/bin/zz", b"data".to_vec(), 0o644, 9_999_999_999),
-            Entry::new("usr/bin/aa", EntryKind::Hardlink { target: "usr/bin/zz".into() }, 0o644, 1),
+            Entry::new(
+                "usr/bin/aa",
+                EntryKind::Hardlink {
+                    target: "usr/bin/zz".into(),
+                },
+                0o644,
+                1,
+            ),
             Entry::symlink("init", "usr/lib/systemd/systemd", 3),
             cap,
             Entry::new("dev/null", EntryKind::CharDevice { major: 1, minor: 3 }, 0o666, 1),
@@ -501,8 +601,16 @@ mod tests {
         assert_eq!(paths, sorted);
         assert!(paths.contains(&"usr") && paths.contains(&"usr/bin") && paths.contains(&"dev"));
         // aa sorts first, so it now holds the data and zz links to it.
-        assert_eq!(l.get("usr/bin/aa").unwrap().kind, EntryKind::File { data: b"data".to_vec() });
-        assert_eq!(l.get("usr/bin/zz").unwrap().kind, EntryKind::Hardlink { target: "usr/bin/aa".into() });
+        assert_eq!(
+            l.get("usr/bin/aa").unwrap().kind,
+            EntryKind::File { data: b"data".to_vec() }
+        );
+        assert_eq!(
+            l.get("usr/bin/zz").unwrap().kind,
+            EntryKind::Hardlink {
+                target: "usr/bin/aa".into()
+            }
+        );
         assert_eq!(l.get("usr/bin/aa").unwrap().mtime, 9_999_999_999);
     }
 
@@ -515,7 +623,10 @@ mod tests {
         let back = Layer::read_tar(tar.as_slice(), &ReadOptions::default()).unwrap();
         assert_eq!(back, l);
         assert!(back.entries().iter().all(|e| e.mtime <= 1_000));
-        assert_eq!(back.get("usr/bin/ping").unwrap().xattrs["security.capability"], vec![1, 0, 0, 2, 0, 0x20, 0, 0]);
+        assert_eq!(
+            back.get("usr/bin/ping").unwrap().xattrs["security.capability"],
+            vec![1, 0, 0, 2, 0, 0x20, 0, 0]
+        );
     }
 
     #[test]
@@ -539,19 +650,35 @@ mod tests {
             h.set_entry_type(tar::EntryType::Directory);
             h.set_mode(0o755);
             h.set_size(0);
-            (h.set_uid(0), h.set_gid(0), h.set_mtime(0));
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
             b.append_data(&mut h, "root/", io::empty()).unwrap();
             let mut h = tar::Header::new_gnu();
             h.set_mode(0o644);
             h.set_size(2);
-            (h.set_uid(0), h.set_gid(0), h.set_mtime(0));
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
             b.append_data(&mut h, "root/etc/x", &b"hi"[..]).unwrap();
             b.finish().unwrap();
         }
-        let l = Layer::read_tar(tar.as_slice(), &ReadOptions { strip_prefix: Some("root".into()) }).unwrap();
+        let l = Layer::read_tar(
+            tar.as_slice(),
+            &ReadOptions {
+                strip_prefix: Some("root".into()),
+            },
+        )
+        .unwrap();
         let paths: Vec<&str> = l.entries().iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["etc", "etc/x"]);
-        let err = Layer::read_tar(tar.as_slice(), &ReadOptions { strip_prefix: Some("other".into()) }).unwrap_err();
+        let err = Layer::read_tar(
+            tar.as_slice(),
+            &ReadOptions {
+                strip_prefix: Some("other".into()),
+            },
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::UnsafePath { .. }), "{err}");
     }
 
@@ -569,7 +696,10 @@ mod tests {
         let child = Layer::from_entries(entries).unwrap();
         let diff = child.diff_from(&parent);
         let paths: Vec<&str> = diff.entries().iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, [".wh.dev", ".wh.init", "usr", "usr/bin", "usr/bin/new", "usr/bin/ping"]);
+        assert_eq!(
+            paths,
+            [".wh.dev", ".wh.init", "usr", "usr/bin", "usr/bin/new", "usr/bin/ping"]
+        );
         assert!(child.diff_from(&child).entries().is_empty());
     }
 
@@ -579,7 +709,10 @@ mod tests {
         let removed = l.remove_where(|e| e.path == "usr/bin/aa" || e.path == "dev");
         assert_eq!(removed, ["dev", "usr/bin/aa"]);
         assert!(l.get("dev/null").is_none());
-        assert_eq!(l.get("usr/bin/zz").unwrap().kind, EntryKind::File { data: b"data".to_vec() });
+        assert_eq!(
+            l.get("usr/bin/zz").unwrap().kind,
+            EntryKind::File { data: b"data".to_vec() }
+        );
     }
 
     /// `-` (0x2d) sorts before `/` (0x2f), so `usr/share/doc-base` (and its contents) come between
@@ -615,7 +748,11 @@ mod tests {
             ]
         );
         let removed = l.remove_where(|e| e.path.starts_with("usr/share/doc"));
-        assert_eq!(removed, ["usr/share/doc", "usr/share/doc-base"], "directories once, not their contents");
+        assert_eq!(
+            removed,
+            ["usr/share/doc", "usr/share/doc-base"],
+            "directories once, not their contents"
+        );
         assert_eq!(paths(&l), ["usr", "usr/share", "usr/share/other"]);
     }
 
@@ -624,7 +761,11 @@ mod tests {
         // What the remove glob `usr/share/doc*` matches with a literal separator: the two
         // directories, not `usr/share/doc/foo`, which must go with its parent.
         let mut l = doc_tree();
-        let removed = l.remove_where(|e| e.path.strip_prefix("usr/share/doc").is_some_and(|rest| !rest.contains('/')));
+        let removed = l.remove_where(|e| {
+            e.path
+                .strip_prefix("usr/share/doc")
+                .is_some_and(|rest| !rest.contains('/'))
+        });
         assert_eq!(removed, ["usr/share/doc", "usr/share/doc-base"]);
         assert_eq!(paths(&l), ["usr", "usr/share", "usr/share/other"]);
     }
@@ -636,7 +777,10 @@ mod tests {
         entries.retain(|e| !e.path.starts_with("usr/share/doc"));
         let child = Layer::from_entries(entries).unwrap();
         let diff = child.diff_from(&parent);
-        assert_eq!(paths(&diff), ["usr", "usr/share", "usr/share/.wh.doc", "usr/share/.wh.doc-base"]);
+        assert_eq!(
+            paths(&diff),
+            ["usr", "usr/share", "usr/share/.wh.doc", "usr/share/.wh.doc-base"]
+        );
     }
 
     #[test]
@@ -646,7 +790,9 @@ mod tests {
         entries.retain(|e| !e.path.starts_with("usr/share/doc/"));
         for e in &mut entries {
             if e.path == "usr/share/doc" {
-                e.kind = EntryKind::File { data: b"now a file".to_vec() };
+                e.kind = EntryKind::File {
+                    data: b"now a file".to_vec(),
+                };
             }
         }
         let child = Layer::from_entries(entries).unwrap();
@@ -654,6 +800,11 @@ mod tests {
         // Replacing the directory removes it with its contents; `doc/.wh.foo` would be an entry
         // below a regular file.
         assert_eq!(paths(&diff), ["usr", "usr/share", "usr/share/doc"]);
-        assert_eq!(diff.get("usr/share/doc").unwrap().kind, EntryKind::File { data: b"now a file".to_vec() });
+        assert_eq!(
+            diff.get("usr/share/doc").unwrap().kind,
+            EntryKind::File {
+                data: b"now a file".to_vec()
+            }
+        );
     }
 }

@@ -4,11 +4,11 @@
 
 pub mod compress;
 pub mod cpio;
-pub mod layer;
-pub mod verity;
-pub mod squashfs;
-pub mod tree;
 pub mod ddi;
 pub mod ddi_verify;
+pub mod layer;
 pub mod sign;
+pub mod squashfs;
 pub mod sysext;
+pub mod tree;
+pub mod verity;

@@ -38,9 +38,7 @@ const CHUNK_PER_THREAD: usize = 4 << 20;
 #[non_exhaustive]
 pub enum Error {
     /// dm-verity covers whole data blocks only.
-    #[error(
-        "data size {size} is not a multiple of the {BLOCK_SIZE}-byte verity data block; pad the image"
-    )]
+    #[error("data size {size} is not a multiple of the {BLOCK_SIZE}-byte verity data block; pad the image")]
     UnalignedDataSize {
         /// The data size given.
         size: u64,
@@ -127,10 +125,7 @@ pub struct HashTree {
 pub fn hash_tree(data: impl Read, data_size: u64, params: &Params) -> Result<HashTree, Error> {
     let mut hash_device = Vec::with_capacity(hash_device_size(data_size)? as usize);
     let root_hash = write_hash_tree(data, data_size, params, &mut hash_device)?;
-    Ok(HashTree {
-        root_hash,
-        hash_device,
-    })
+    Ok(HashTree { root_hash, hash_device })
 }
 
 /// Build the hash tree over `data_size` bytes read from `data` and write the hash device to
@@ -143,18 +138,13 @@ pub fn write_hash_tree(
 ) -> Result<RootHash, Error> {
     let level_blocks = level_sizes(data_size)?;
     if params.salt.len() > MAX_SALT_SIZE {
-        return Err(Error::SaltTooLong {
-            len: params.salt.len(),
-        });
+        return Err(Error::SaltTooLong { len: params.salt.len() });
     }
     let salted = Sha256::new_with_prefix(&params.salt);
     let data_blocks = data_size / BLOCK_SIZE;
 
     // levels[0] covers the data blocks, levels[last] is the single top block.
-    let mut levels: Vec<Vec<u8>> = level_blocks
-        .iter()
-        .map(|&n| vec![0; n as usize * BLOCK])
-        .collect();
+    let mut levels: Vec<Vec<u8>> = level_blocks.iter().map(|&n| vec![0; n as usize * BLOCK]).collect();
     let root_hash = match levels.first_mut() {
         None => {
             // One data block: its digest is the root hash, and there is no level to write.
@@ -173,8 +163,7 @@ pub fn write_hash_tree(
         }
     };
 
-    out.write_all(&superblock(params, data_blocks))
-        .map_err(Error::Write)?;
+    out.write_all(&superblock(params, data_blocks)).map_err(Error::Write)?;
     for level in levels.iter().rev() {
         out.write_all(level).map_err(Error::Write)?;
     }
@@ -232,18 +221,13 @@ fn digest(salted: &Sha256, block: &[u8]) -> [u8; DIGEST_SIZE] {
 
 /// Hash every block of `input` into consecutive digests at the start of `out`.
 fn hash_blocks(input: &[u8], salted: &Sha256, out: &mut [u8]) {
-    for (block, slot) in input
-        .chunks_exact(BLOCK)
-        .zip(out.chunks_exact_mut(DIGEST_SIZE))
-    {
+    for (block, slot) in input.chunks_exact(BLOCK).zip(out.chunks_exact_mut(DIGEST_SIZE)) {
         slot.copy_from_slice(&digest(salted, block));
     }
 }
 
 fn worker_count() -> usize {
-    thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(16)
+    thread::available_parallelism().map_or(1, |n| n.get()).min(16)
 }
 
 /// [`hash_blocks`] split across threads (used for the upper levels, which are in memory).
@@ -261,12 +245,7 @@ fn hash_blocks_parallel(input: &[u8], salted: &Sha256, out: &mut [u8]) {
 /// Hash the data blocks into `leaves`, reading the next round of data on this thread while
 /// the workers hash the current one. Hashing is the cost (a reader is usually the page
 /// cache), so each round hands every core a few MiB.
-fn hash_data_parallel(
-    data: &mut impl Read,
-    data_size: u64,
-    salted: &Sha256,
-    leaves: &mut [u8],
-) -> Result<(), Error> {
+fn hash_data_parallel(data: &mut impl Read, data_size: u64, salted: &Sha256, leaves: &mut [u8]) -> Result<(), Error> {
     let workers = worker_count();
     let round = (workers * CHUNK_PER_THREAD).min(data_size as usize);
     let mut current = vec![0u8; round];
@@ -388,9 +367,7 @@ mod tests {
 
     /// Byte `i` of the test data is `(7 i + i / 4096) mod 251`: no two blocks are equal.
     fn pattern(blocks: usize) -> Vec<u8> {
-        (0..blocks * BLOCK)
-            .map(|i| ((i * 7 + i / BLOCK) % 251) as u8)
-            .collect()
+        (0..blocks * BLOCK).map(|i| ((i * 7 + i / BLOCK) % 251) as u8).collect()
     }
 
     fn params() -> Params {
@@ -404,22 +381,14 @@ mod tests {
     fn check(data: &[u8], root: &str, device_sha256: &str, device_size: u64) {
         let tree = hash_tree(data, data.len() as u64, &params()).unwrap();
         let blocks = data.len() / BLOCK;
-        assert_eq!(
-            tree.root_hash.to_string(),
-            root,
-            "root hash, {blocks} blocks"
-        );
+        assert_eq!(tree.root_hash.to_string(), root, "root hash, {blocks} blocks");
         assert_eq!(
             tree.hash_device.len() as u64,
             device_size,
             "device size, {blocks} blocks"
         );
         assert_eq!(hash_device_size(data.len() as u64).unwrap(), device_size);
-        assert_eq!(
-            sha256_hex(&tree.hash_device),
-            device_sha256,
-            "device, {blocks} blocks"
-        );
+        assert_eq!(sha256_hex(&tree.hash_device), device_sha256, "device, {blocks} blocks");
     }
 
     #[test]
@@ -464,28 +433,16 @@ mod tests {
         assert_ne!(salted.root_hash, base.root_hash);
         let other_uuid = Params::new(SALT, Uuid::from_u128(1));
         let relabelled = hash_tree(&data[..], data.len() as u64, &other_uuid).unwrap();
-        assert_eq!(
-            relabelled.root_hash, base.root_hash,
-            "the UUID is not hashed"
-        );
-        assert_ne!(
-            relabelled.hash_device, base.hash_device,
-            "but it is in the superblock"
-        );
+        assert_eq!(relabelled.root_hash, base.root_hash, "the UUID is not hashed");
+        assert_ne!(relabelled.hash_device, base.hash_device, "but it is in the superblock");
     }
 
     #[test]
     fn rejects_unaligned_and_empty_data() {
         let data = [0u8; 5000];
         let err = hash_tree(&data[..], 5000, &params()).unwrap_err();
-        assert!(
-            matches!(err, Error::UnalignedDataSize { size: 5000 }),
-            "{err:?}"
-        );
-        assert!(
-            err.to_string().contains("not a multiple of the 4096-byte"),
-            "{err}"
-        );
+        assert!(matches!(err, Error::UnalignedDataSize { size: 5000 }), "{err:?}");
+        assert!(err.to_string().contains("not a multiple of the 4096-byte"), "{err}");
         let err = hash_tree(&data[..0], 0, &params()).unwrap_err();
         assert!(matches!(err, Error::EmptyData), "{err:?}");
     }
@@ -504,12 +461,7 @@ mod tests {
             ),
             "{err:?}"
         );
-        let err = hash_tree(
-            &data[..],
-            2 * BLOCK_SIZE,
-            &Params::new(vec![0; 257], params().uuid),
-        )
-        .unwrap_err();
+        let err = hash_tree(&data[..], 2 * BLOCK_SIZE, &Params::new(vec![0; 257], params().uuid)).unwrap_err();
         assert!(matches!(err, Error::SaltTooLong { len: 257 }), "{err:?}");
     }
 

@@ -13,17 +13,35 @@ fn sample() -> Layer {
         Entry::file("etc/initrd-release", b"ID=debian\n".to_vec(), 0o644, 1_700_000_000),
         Entry::symlink("init", "usr/lib/systemd/systemd", 1_700_000_000),
         Entry::file("usr/bin/a", b"same inode".to_vec(), 0o755, 1_700_000_000),
-        Entry::new("usr/bin/b", EntryKind::Hardlink { target: "usr/bin/a".into() }, 0o755, 1_700_000_000),
-        Entry::file(&format!("usr/share/{0}/{0}/{0}", "n".repeat(100)), vec![7u8; 5000], 0o600, 1_600_000_000),
+        Entry::new(
+            "usr/bin/b",
+            EntryKind::Hardlink {
+                target: "usr/bin/a".into(),
+            },
+            0o755,
+            1_700_000_000,
+        ),
+        Entry::file(
+            &format!("usr/share/{0}/{0}/{0}", "n".repeat(100)),
+            vec![7u8; 5000],
+            0o600,
+            1_600_000_000,
+        ),
         Entry::file("usr/empty", Vec::new(), 0o640, 1_700_000_000),
-        Entry::new("dev/console", EntryKind::CharDevice { major: 5, minor: 1 }, 0o600, 1_700_000_000),
+        Entry::new(
+            "dev/console",
+            EntryKind::CharDevice { major: 5, minor: 1 },
+            0o600,
+            1_700_000_000,
+        ),
     ])
     .unwrap()
 }
 
 #[test]
+#[ignore = "reference tools: needs cpio (run with --include-ignored; ci/test.sh does)"]
 fn gnu_cpio_lists_our_archive() {
-    let Some(cpio_bin) = support::tool("cpio") else { return };
+    let cpio_bin = support::tool("cpio");
     let mut archive = Vec::new();
     cpio::write(&sample(), &mut archive).unwrap();
     let out = Command::new(&cpio_bin)
@@ -39,7 +57,11 @@ fn gnu_cpio_lists_our_archive() {
             c.wait_with_output()
         })
         .unwrap();
-    assert!(out.status.success(), "cpio -t failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cpio -t failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listing = String::from_utf8(out.stdout).unwrap();
     // Names in order: the last column, except for symlinks ("name -> target").
     let names: Vec<&str> = listing
@@ -50,19 +72,31 @@ fn gnu_cpio_lists_our_archive() {
     let expected: Vec<&str> = layer.entries().iter().map(|e| e.path.as_str()).collect();
     assert_eq!(names, expected, "listing:\n{listing}");
     assert!(listing.contains("crw-------"), "{listing}");
-    assert!(listing.contains("5,   1") || listing.contains("5, 1"), "device numbers missing:\n{listing}");
+    assert!(
+        listing.contains("5,   1") || listing.contains("5, 1"),
+        "device numbers missing:\n{listing}"
+    );
     assert!(listing.contains("init -> usr/lib/systemd/systemd"), "{listing}");
 }
 
 #[test]
+#[ignore = "reference tools: needs cpio (run with --include-ignored; ci/test.sh does)"]
 fn gnu_cpio_extracts_the_same_tree() {
-    let Some(cpio_bin) = support::tool("cpio") else { return };
+    let cpio_bin = support::tool("cpio");
     let layer = sample();
     let mut archive = Vec::new();
     cpio::write(&layer, &mut archive).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(&cpio_bin)
-        .args(["-i", "--quiet", "-d", "-m", "--no-absolute-filenames", "--nonmatching", "dev/*"])
+        .args([
+            "-i",
+            "--quiet",
+            "-d",
+            "-m",
+            "--no-absolute-filenames",
+            "--nonmatching",
+            "dev/*",
+        ])
         .current_dir(dir.path())
         .stdin(std::process::Stdio::piped())
         .spawn()

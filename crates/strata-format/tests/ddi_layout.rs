@@ -19,18 +19,9 @@ struct Image {
 
 fn image(blocks: usize) -> Image {
     let data: Vec<u8> = (0..blocks * 4096).map(|i| (i % 253) as u8).collect();
-    let tree = hash_tree(
-        &data[..],
-        data.len() as u64,
-        &Params::new([7u8; 32], Uuid::nil()),
-    )
-    .unwrap();
+    let tree = hash_tree(&data[..], data.len() as u64, &Params::new([7u8; 32], Uuid::nil())).unwrap();
     let signature = signature_json(&tree.root_hash, &[0xab; 32], b"not really DER");
-    Image {
-        data,
-        tree,
-        signature,
-    }
+    Image { data, tree, signature }
 }
 
 fn write_image(img: &Image, arch: Arch) -> Result<(Layout, Vec<u8>), Error> {
@@ -75,35 +66,13 @@ fn layout_of_a_small_image() {
 fn partition_identity_follows_systemd() {
     let l = layout(Arch::X86_64, 12288, 8192, 300, &root_hash()).unwrap();
     let [data, hash, sig] = &l.partitions;
-    assert_eq!(
-        data.uuid.to_string(),
-        "00010203-0405-0607-0809-0a0b0c0d0e0f"
-    );
-    assert_eq!(
-        hash.uuid.to_string(),
-        "10111213-1415-1617-1819-1a1b1c1d1e1f"
-    );
-    assert_eq!(
-        data.type_uuid.to_string(),
-        "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
-    );
-    assert_eq!(
-        hash.type_uuid.to_string(),
-        "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"
-    );
-    assert_eq!(
-        sig.type_uuid.to_string(),
-        "41092b05-9fc8-4523-994f-2def0408b176"
-    );
+    assert_eq!(data.uuid.to_string(), "00010203-0405-0607-0809-0a0b0c0d0e0f");
+    assert_eq!(hash.uuid.to_string(), "10111213-1415-1617-1819-1a1b1c1d1e1f");
+    assert_eq!(data.type_uuid.to_string(), "4f68bce3-e8cd-4db1-96e7-fbcaf984b709");
+    assert_eq!(hash.type_uuid.to_string(), "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5");
+    assert_eq!(sig.type_uuid.to_string(), "41092b05-9fc8-4523-994f-2def0408b176");
     let names: Vec<&str> = l.partitions.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "root-x86-64",
-            "root-x86-64-verity",
-            "root-x86-64-verity-sig"
-        ]
-    );
+    assert_eq!(names, ["root-x86-64", "root-x86-64-verity", "root-x86-64-verity-sig"]);
     assert_eq!(sig.uuid.get_version_num(), 4);
     assert_eq!(l.disk_guid.get_version_num(), 4);
     assert_ne!(sig.uuid, l.disk_guid);
@@ -150,18 +119,12 @@ fn image_has_valid_tables_and_the_partition_contents() {
 
     let primary = &disk[512..1024];
     let backup = &disk[(last_lba * SECTOR_SIZE) as usize..];
-    for (h, my, alt, entries_lba) in [
-        (primary, 1, last_lba, 2),
-        (backup, last_lba, 1, last_lba - 32),
-    ] {
+    for (h, my, alt, entries_lba) in [(primary, 1, last_lba, 2), (backup, last_lba, 1, last_lba - 32)] {
         assert_eq!(&h[..8], b"EFI PART");
         let mut zeroed = h[..92].to_vec();
         zeroed[16..20].fill(0);
         assert_eq!(u32_at(h, 16), crc32fast::hash(&zeroed), "header CRC");
-        assert_eq!(
-            (u64_at(h, 24), u64_at(h, 32), u64_at(h, 72)),
-            (my, alt, entries_lba)
-        );
+        assert_eq!((u64_at(h, 24), u64_at(h, 32), u64_at(h, 72)), (my, alt, entries_lba));
         assert_eq!((u64_at(h, 40), u64_at(h, 48)), (34, last_lba - 33));
         let at = (entries_lba * SECTOR_SIZE) as usize;
         let entries = &disk[at..at + 16384];
@@ -208,12 +171,7 @@ fn same_input_same_bytes_other_content_other_ids() {
 
 #[test]
 fn rejects_inconsistent_input() {
-    fn input<'a>(
-        data: &'a [u8],
-        data_size: u64,
-        tree: &'a [u8],
-        sig: &'a [u8],
-    ) -> Input<'a, &'a [u8]> {
+    fn input<'a>(data: &'a [u8], data_size: u64, tree: &'a [u8], sig: &'a [u8]) -> Input<'a, &'a [u8]> {
         Input {
             arch: Arch::X86_64,
             data,
@@ -228,10 +186,7 @@ fn rejects_inconsistent_input() {
     let mut out = Vec::new();
 
     let err = write(input(data, 12000, tree, b"{}"), &mut out).unwrap_err();
-    assert!(
-        matches!(err, Error::UnalignedData { size: 12000 }),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::UnalignedData { size: 12000 }), "{err:?}");
     let err = write(input(data, 8192, tree, b"{}"), &mut out).unwrap_err();
     assert!(
         matches!(
@@ -257,10 +212,7 @@ fn rejects_inconsistent_input() {
     let err = write(input(data, 12288, &[0; 8192], b"{}"), &mut out).unwrap_err();
     assert!(matches!(err, Error::NotAHashTree), "{err:?}");
     let err = write(input(data, 12288, tree, b"{}\0"), &mut out).unwrap_err();
-    assert!(
-        matches!(err, Error::NulInSignature { offset: 2 }),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::NulInSignature { offset: 2 }), "{err:?}");
     let err = write(input(&data[..8192], 12288, tree, b"{}"), &mut out).unwrap_err();
     assert!(
         matches!(
@@ -278,8 +230,5 @@ fn rejects_inconsistent_input() {
     let err = layout(Arch::X86_64, 0, 4096, 2, &root_hash()).unwrap_err();
     assert!(matches!(err, Error::EmptyData), "{err:?}");
     let err = layout(Arch::X86_64, 5000, 4096, 2, &root_hash()).unwrap_err();
-    assert!(
-        matches!(err, Error::UnalignedData { size: 5000 }),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::UnalignedData { size: 5000 }), "{err:?}");
 }

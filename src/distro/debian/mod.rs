@@ -31,7 +31,12 @@ pub fn parse_status(text: &str) -> Vec<Package> {
                 .get(key)
                 .map(|v| {
                     v.split(',')
-                        .map(|alts| alts.split('|').map(|a| package_name(a).to_string()).filter(|a| !a.is_empty()).collect())
+                        .map(|alts| {
+                            alts.split('|')
+                                .map(|a| package_name(a).to_string())
+                                .filter(|a| !a.is_empty())
+                                .collect()
+                        })
                         .filter(|alts: &Vec<String>| !alts.is_empty())
                         .collect()
                 })
@@ -87,7 +92,10 @@ pub fn closure(installed: &[Package], requested: &[String]) -> Result<BTreeSet<S
         }
     }
     let resolve = |name: &str| -> Option<&str> {
-        by_name.get(name).map(|p| p.name.as_str()).or_else(|| providers.get(name).and_then(|v| v.first().copied()))
+        by_name
+            .get(name)
+            .map(|p| p.name.as_str())
+            .or_else(|| providers.get(name).and_then(|v| v.first().copied()))
     };
     let mut keep = BTreeSet::new();
     let mut todo: Vec<String> = Vec::new();
@@ -137,12 +145,18 @@ pub fn prune(layer: &mut Layer, installed: &[Package], keep: &BTreeSet<String>) 
         }
     }
     let kept_paths: BTreeSet<String> = kept_paths.iter().map(|p| canonical_path(p)).collect();
-    let drop: BTreeSet<String> =
-        drop_paths.iter().map(|p| canonical_path(p)).filter(|p| !kept_paths.contains(p)).collect();
+    let drop: BTreeSet<String> = drop_paths
+        .iter()
+        .map(|p| canonical_path(p))
+        .filter(|p| !kept_paths.contains(p))
+        .collect();
     // Files first; then directories that became empty, deepest first.
     let removed = layer.remove_where(|e| !matches!(e.kind, EntryKind::Dir) && drop.contains(&e.path));
     pruned.paths += removed.len();
-    let mut dirs: Vec<&String> = drop.iter().filter(|d| layer.get(d).is_some_and(|e| e.kind == EntryKind::Dir)).collect();
+    let mut dirs: Vec<&String> = drop
+        .iter()
+        .filter(|d| layer.get(d).is_some_and(|e| e.kind == EntryKind::Dir))
+        .collect();
     dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
     for d in dirs {
         let prefix = format!("{d}/");
@@ -156,8 +170,10 @@ pub fn prune(layer: &mut Layer, installed: &[Package], keep: &BTreeSet<String>) 
 
 /// The paths dpkg lists for `p` (from `var/lib/dpkg/info/`), relative, as packaged.
 fn file_list(layer: &Layer, p: &Package) -> Vec<String> {
-    let candidates =
-        [format!("var/lib/dpkg/info/{}.list", p.name), format!("var/lib/dpkg/info/{}:{}.list", p.name, p.architecture)];
+    let candidates = [
+        format!("var/lib/dpkg/info/{}.list", p.name),
+        format!("var/lib/dpkg/info/{}:{}.list", p.name, p.architecture),
+    ];
     candidates
         .iter()
         .find_map(|c| match layer.get(c).map(|e| &e.kind) {
@@ -208,9 +224,11 @@ fn parse_rfc2822(s: &str) -> Option<u64> {
     let mut it = s.split_whitespace();
     let day: u64 = it.next()?.parse().ok()?;
     let month_name = it.next()?;
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        .iter()
-        .position(|m| *m == month_name)? as u64
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == month_name)? as u64
         + 1;
     let year: i64 = it.next()?.parse().ok()?;
     let mut hms = it.next()?.split(':').map(|x| x.parse::<u64>().ok());
@@ -249,7 +267,9 @@ pub fn missing_packages(output: &str) -> Vec<String> {
         let l = line.trim();
         if let Some(rest) = l.strip_prefix("E: Unable to locate package ") {
             out.insert(rest.trim().to_string());
-        } else if let Some(rest) = l.strip_prefix("E: Package '").or_else(|| l.strip_prefix("E: Couldn't find any package by glob '"))
+        } else if let Some(rest) = l
+            .strip_prefix("E: Package '")
+            .or_else(|| l.strip_prefix("E: Couldn't find any package by glob '"))
             && let Some((name, _)) = rest.split_once('\'')
         {
             out.insert(name.to_string());
@@ -354,7 +374,17 @@ Version: 1
         assert_eq!(pkgs.len(), 8, "config-files-only packages are not installed");
         let keep = closure(&pkgs, &["systemd".to_string()]).unwrap();
         let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
-        assert_eq!(keep, ["init-system-helpers", "libc6", "libsystemd-shared", "mawk", "mount", "systemd"]);
+        assert_eq!(
+            keep,
+            [
+                "init-system-helpers",
+                "libc6",
+                "libsystemd-shared",
+                "mawk",
+                "mount",
+                "systemd"
+            ]
+        );
         assert_eq!(closure(&pkgs, &["nope".to_string()]).unwrap_err(), "nope");
     }
 
@@ -363,8 +393,18 @@ Version: 1
         let pkgs = parse_status(STATUS);
         let keep = closure(&pkgs, &["systemd".to_string()]).unwrap();
         let mut layer = Layer::from_entries(vec![
-            Entry::file("var/lib/dpkg/info/dpkg.list", "/.\n/usr\n/usr/bin\n/usr/bin/dpkg\n/usr/share/dpkg\n/usr/share/dpkg/x\n/bin/dpkg-deb\n", 0o644, 1),
-            Entry::file("var/lib/dpkg/info/systemd.list", "/.\n/usr\n/usr/bin\n/usr/bin/systemctl\n", 0o644, 1),
+            Entry::file(
+                "var/lib/dpkg/info/dpkg.list",
+                "/.\n/usr\n/usr/bin\n/usr/bin/dpkg\n/usr/share/dpkg\n/usr/share/dpkg/x\n/bin/dpkg-deb\n",
+                0o644,
+                1,
+            ),
+            Entry::file(
+                "var/lib/dpkg/info/systemd.list",
+                "/.\n/usr\n/usr/bin\n/usr/bin/systemctl\n",
+                0o644,
+                1,
+            ),
             Entry::file("usr/bin/dpkg", "d", 0o755, 1),
             Entry::file("usr/bin/dpkg-deb", "d", 0o755, 1),
             Entry::file("usr/bin/systemctl", "s", 0o755, 1),
@@ -376,7 +416,12 @@ Version: 1
         assert_eq!(pruned.packages, ["dpkg", "tar"]);
         let paths: Vec<&str> = layer.entries().iter().map(|e| e.path.as_str()).collect();
         assert!(paths.contains(&"usr/bin/systemctl") && paths.contains(&"usr/bin"));
-        assert!(!paths.iter().any(|p| p.contains("dpkg") && !p.starts_with("var/lib/dpkg")), "{paths:?}");
+        assert!(
+            !paths
+                .iter()
+                .any(|p| p.contains("dpkg") && !p.starts_with("var/lib/dpkg")),
+            "{paths:?}"
+        );
     }
 
     #[test]

@@ -45,7 +45,9 @@ pub struct Selection {
 
 /// A pattern that matched no module, built-in or not.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("kernel {version}: module pattern `{pattern}` matches no module (neither a loadable module in modules.dep nor a built-in one in modules.builtin)")]
+#[error(
+    "kernel {version}: module pattern `{pattern}` matches no module (neither a loadable module in modules.dep nor a built-in one in modules.builtin)"
+)]
 pub struct UnknownModule {
     pub version: String,
     pub pattern: String,
@@ -63,10 +65,13 @@ impl ModuleIndex {
     pub fn parse(m: Metadata<'_>) -> ModuleIndex {
         let mut idx = ModuleIndex::default();
         for line in m.dep.lines() {
-            let Some((module, deps)) = line.split_once(':') else { continue };
+            let Some((module, deps)) = line.split_once(':') else {
+                continue;
+            };
             let module = module.trim().to_string();
             idx.by_name.insert(module_name(&module), module.clone());
-            idx.deps.insert(module, deps.split_whitespace().map(str::to_string).collect());
+            idx.deps
+                .insert(module, deps.split_whitespace().map(str::to_string).collect());
         }
         for line in m.builtin.lines().map(str::trim).filter(|l| !l.is_empty()) {
             idx.builtin.insert(module_name(line));
@@ -83,7 +88,10 @@ impl ModuleIndex {
         for line in m.alias.lines() {
             let mut words = line.split_whitespace();
             if let (Some("alias"), Some(alias), Some(module)) = (words.next(), words.next(), words.next()) {
-                idx.aliases.entry(alias.to_string()).or_default().push(module_name(module));
+                idx.aliases
+                    .entry(alias.to_string())
+                    .or_default()
+                    .push(module_name(module));
             }
         }
         idx
@@ -97,7 +105,10 @@ impl ModuleIndex {
             let is_glob = pattern.contains(['/', '*', '?', '[']);
             let mut matched = false;
             if is_glob {
-                let pat = glob::Pattern::new(pattern).map_err(|_| UnknownModule { version: version.into(), pattern: pattern.clone() })?;
+                let pat = glob::Pattern::new(pattern).map_err(|_| UnknownModule {
+                    version: version.into(),
+                    pattern: pattern.clone(),
+                })?;
                 for path in self.deps.keys() {
                     let rel = path.strip_prefix("kernel/").unwrap_or(path);
                     let without_ext = rel.split(".ko").next().unwrap_or(rel);
@@ -117,7 +128,10 @@ impl ModuleIndex {
                 }
             }
             if !matched {
-                return Err(UnknownModule { version: version.into(), pattern: pattern.clone() });
+                return Err(UnknownModule {
+                    version: version.into(),
+                    pattern: pattern.clone(),
+                });
             }
         }
         let mut selected = BTreeSet::new();
@@ -140,7 +154,10 @@ impl ModuleIndex {
                 }
             }
         }
-        Ok(Selection { paths: selected.into_iter().collect(), builtin: builtin.into_iter().collect() })
+        Ok(Selection {
+            paths: selected.into_iter().collect(),
+            builtin: builtin.into_iter().collect(),
+        })
     }
 }
 
@@ -167,8 +184,17 @@ kernel/drivers/unrelated.ko.xz:
     const ALIAS: &str = "alias crypto-crc32c crc32c_generic\nalias pci:v00001AF4d00001001sv*sd*bc*sc*i* virtio_blk\n";
 
     fn sel(patterns: &[&str]) -> Result<Selection, UnknownModule> {
-        let idx = ModuleIndex::parse(Metadata { dep: DEP, builtin: BUILTIN, softdep: SOFTDEP, weakdep: "", alias: ALIAS });
-        idx.select("6.12.0-test", &patterns.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        let idx = ModuleIndex::parse(Metadata {
+            dep: DEP,
+            builtin: BUILTIN,
+            softdep: SOFTDEP,
+            weakdep: "",
+            alias: ALIAS,
+        });
+        idx.select(
+            "6.12.0-test",
+            &patterns.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
     }
 
     #[test]
@@ -192,7 +218,10 @@ kernel/drivers/unrelated.ko.xz:
     #[test]
     fn globs_match_paths_below_kernel() {
         let s = sel(&["drivers/ata/*"]).unwrap();
-        assert_eq!(s.paths, ["kernel/drivers/ata/ahci.ko.xz", "kernel/drivers/ata/libahci.ko.xz"]);
+        assert_eq!(
+            s.paths,
+            ["kernel/drivers/ata/ahci.ko.xz", "kernel/drivers/ata/libahci.ko.xz"]
+        );
     }
 
     #[test]
