@@ -6,10 +6,18 @@ use super::{Class, Error};
 
 /// The contents of an `extension-release.<name>` file (os-release(5) syntax).
 ///
-/// systemd merges an extension only if `ID` matches the host's os-release (or is `_any`) and
-/// then `SYSEXT_LEVEL` (if both have one) or else `VERSION_ID` matches, `ARCHITECTURE`
-/// matches, and `SYSEXT_SCOPE` includes `initrd` when merging in the initrd (`system` on
-/// the booted host).
+/// systemd merges an extension only if `ARCHITECTURE` matches, `SYSEXT_SCOPE` includes
+/// `initrd` when merging in the initrd (`system` on the booted host), and `ID` is `_any` or
+/// the host's `ID` (recent systemd: or one of its `ID_LIKE`). Past the `ID`, the versions
+/// count only if the host's os-release has some: a host with neither `VERSION_ID` nor
+/// `SYSEXT_LEVEL` (a rolling release such as Debian testing, or Arch) takes the extension on
+/// the `ID` alone, whatever version fields the extension carries. Otherwise the
+/// `SYSEXT_LEVEL`s must be equal if both sides have one, or else, if the host has a
+/// `VERSION_ID`, the extension must have the same.
+/// (For a confext read `CONFEXT_` for `SYSEXT_`.) An empty value counts as no value.
+///
+/// [`ExtensionRelease::from_os_release`] copies the host's fields, so its release is one
+/// systemd takes on that host; with no version on the host it has `ID` only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtensionRelease {
     /// `ID=` of the base (e.g. `debian`), or `_any`.
@@ -41,9 +49,11 @@ const OWN_KEYS: [&str; 7] = [
 
 impl ExtensionRelease {
     /// Release data matching a base's os-release text: its `ID`, `VERSION_ID` and
-    /// `SYSEXT_LEVEL`. The scope is left empty for the caller.
+    /// `SYSEXT_LEVEL`, each left out if the base has none or an empty one (a rolling release
+    /// like Debian testing has no `VERSION_ID`; its extensions match on `ID` alone). The scope
+    /// is left empty for the caller.
     pub fn from_os_release(os_release: &str, architecture: Arch) -> ExtensionRelease {
-        let field = |key: &str| os_release_field(os_release, key);
+        let field = |key: &str| os_release_field(os_release, key).filter(|v| !v.is_empty());
         ExtensionRelease {
             id: field("ID").unwrap_or_default(),
             version_id: field("VERSION_ID"),
@@ -80,6 +90,13 @@ impl ExtensionRelease {
     }
 
     /// Check the fields against what systemd accepts (os-release(5), systemd-sysext(8)).
+    ///
+    /// Neither `VERSION_ID` nor `SYSEXT_LEVEL` is required: the release describes its host, and
+    /// systemd takes an extension on a host without either on a matching `ID` alone. What
+    /// systemd would refuse on that host is refused here: an `ID` that is empty (systemd
+    /// refuses such a host and such an extension) or not an os-release ID. A version field
+    /// that is present must be a non-empty os-release version; leave it out (`None`) instead
+    /// of writing it empty.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |key: &str, value: &str, reason| {
             Err(Error::InvalidRelease {
@@ -100,18 +117,12 @@ impl ExtensionRelease {
                 "must be lowercase letters, digits, `.`, `_`, `-` (or `_any`)",
             );
         }
-        if self.id != "_any" && self.version_id.is_none() && self.sysext_level.is_none() {
-            return bad(
-                "VERSION_ID",
-                "",
-                "VERSION_ID or SYSEXT_LEVEL is required unless ID=_any",
-            );
-        }
-        let level_chars =
-            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-~+".contains(&b));
+        let level_chars = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-~+".contains(&b));
         for (key, value) in [("VERSION_ID", &self.version_id), ("SYSEXT_LEVEL", &self.sysext_level)] {
-            if let Some(v) = value.as_deref().filter(|v| !level_chars(v)) {
-                return bad(key, v, "must be letters, digits, `.`, `_`, `-`, `~`, `+`");
+            match value.as_deref() {
+                Some("") => return bad(key, "", "is empty: leave it out if the base has none"),
+                Some(v) if !level_chars(v) => return bad(key, v, "must be letters, digits, `.`, `_`, `-`, `~`, `+`"),
+                _ => {}
             }
         }
         if let Some(s) = self

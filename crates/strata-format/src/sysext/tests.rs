@@ -102,6 +102,118 @@ fn extension_release_from_the_base_os_release() {
     assert_eq!(os_release_field("AB=1\n", "A"), None);
 }
 
+/// Debian testing's os-release: no `VERSION_ID`, only a codename.
+const FORKY_OS_RELEASE: &str = "PRETTY_NAME=\"Debian GNU/Linux forky/sid\"\nNAME=\"Debian GNU/Linux\"\n\
+VERSION_CODENAME=forky\nID=debian\nHOME_URL=\"https://www.debian.org/\"\n\
+SUPPORT_URL=\"https://www.debian.org/support\"\nBUG_REPORT_URL=\"https://bugs.debian.org/\"\n";
+
+/// Debian 13's os-release.
+const TRIXIE_OS_RELEASE: &str = "PRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"\nNAME=\"Debian GNU/Linux\"\n\
+VERSION_ID=\"13\"\nVERSION=\"13 (trixie)\"\nVERSION_CODENAME=trixie\nID=debian\n";
+
+/// Whether systemd-sysext (systemd-confext for [`Class::Confext`]) would merge an extension
+/// with release text `extension` on a host with os-release text `host`, as far as `ID` and
+/// the versions go (architecture and scope left aside): a model of systemd's
+/// `extension_release_validate` (src/shared/extension-util.c), written for these tests.
+fn systemd_takes(host: &str, extension: &str, class: Class) -> bool {
+    let field = |text: &str, key: &str| os_release_field(text, key).filter(|v| !v.is_empty());
+    let level_key = format!("{}_LEVEL", class.key_prefix());
+    let Some(ext_id) = field(extension, "ID") else {
+        return false;
+    };
+    if ext_id == "_any" {
+        return true;
+    }
+    let host_id = field(host, "ID").expect("systemd refuses a host without ID");
+    let like = field(host, "ID_LIKE").unwrap_or_default();
+    if ext_id != host_id && !like.split_whitespace().any(|l| l == ext_id) {
+        return false;
+    }
+    let (host_version, host_level) = (field(host, "VERSION_ID"), field(host, &level_key));
+    match (host_level, field(extension, &level_key), host_version) {
+        (Some(h), Some(e), _) => h == e,
+        (_, _, Some(h)) => field(extension, "VERSION_ID") == Some(h),
+        // No version on the host (a rolling release): the ID was enough.
+        (_, _, None) => true,
+    }
+}
+
+#[test]
+fn a_forky_base_without_version_id_gives_an_id_only_release_that_validates() {
+    let mut r = ExtensionRelease::from_os_release(FORKY_OS_RELEASE, Arch::X86_64);
+    assert_eq!(
+        (r.id.as_str(), r.version_id.as_deref(), r.sysext_level.as_deref()),
+        ("debian", None, None)
+    );
+    r.scope = vec!["initrd".into(), "system".into()];
+    r.validate().unwrap();
+    assert_eq!(
+        r.render(),
+        "ID=debian\nARCHITECTURE=x86-64\nSYSEXT_SCOPE=\"initrd system\"\n"
+    );
+    assert_eq!(
+        r.render_confext(),
+        "ID=debian\nARCHITECTURE=x86-64\nCONFEXT_SCOPE=\"initrd system\"\n"
+    );
+    // An empty VERSION_ID= is no VERSION_ID (as systemd reads it), not `VERSION_ID=""`.
+    let empty = format!("{FORKY_OS_RELEASE}VERSION_ID=\nSYSEXT_LEVEL=\"\"\n");
+    assert_eq!(ExtensionRelease::from_os_release(&empty, Arch::X86_64), {
+        let mut r = r.clone();
+        r.scope.clear();
+        r
+    });
+    // The image is built, with that release file.
+    let opts = ImageOptions::default();
+    let fs = filesystem_layer(&usr_layer(b"m"), &r, "net", &opts).unwrap();
+    let file = fs.get("usr/lib/extension-release.d/extension-release.net").unwrap();
+    assert_eq!(
+        file.kind,
+        EntryKind::File {
+            data: b"ID=debian\nARCHITECTURE=x86-64\nSYSEXT_SCOPE=\"initrd system\"\n".to_vec()
+        }
+    );
+    build_image(&usr_layer(b"m"), &r, "net", None, &opts).unwrap();
+}
+
+#[test]
+fn a_trixie_base_release_renders_as_before() {
+    let mut r = ExtensionRelease::from_os_release(TRIXIE_OS_RELEASE, Arch::X86_64);
+    r.scope = vec!["initrd".into(), "system".into()];
+    assert_eq!(r, release());
+    r.validate().unwrap();
+    assert_eq!(
+        r.render(),
+        "ID=debian\nVERSION_ID=13\nARCHITECTURE=x86-64\nSYSEXT_SCOPE=\"initrd system\"\n"
+    );
+}
+
+#[test]
+fn a_release_from_a_base_validates_and_systemd_takes_it_on_that_base() {
+    let hosts = [
+        TRIXIE_OS_RELEASE,
+        FORKY_OS_RELEASE,
+        "ID=arch\n",
+        "ID=flatcar\nSYSEXT_LEVEL=1.0\n",
+        "ID=fedora\nVERSION_ID=42\nSYSEXT_LEVEL=1.0\n",
+        "ID=debian\nVERSION_ID=\n",
+    ];
+    for host in hosts {
+        let r = ExtensionRelease::from_os_release(host, Arch::X86_64);
+        r.validate().unwrap_or_else(|e| panic!("{host}: {e}"));
+        for class in [Class::Sysext, Class::Confext] {
+            assert!(systemd_takes(host, &r.render_as(class), class), "{host} {class:?}");
+        }
+    }
+    // The host decides: a forky extension is refused on trixie (no VERSION_ID to match), and
+    // a trixie one is taken on forky (its VERSION_ID is not looked at on a rolling release).
+    let forky = ExtensionRelease::from_os_release(FORKY_OS_RELEASE, Arch::X86_64).render();
+    let trixie = release().render();
+    assert!(!systemd_takes(TRIXIE_OS_RELEASE, &forky, Class::Sysext));
+    assert!(systemd_takes(FORKY_OS_RELEASE, &trixie, Class::Sysext));
+    assert!(!systemd_takes("ID=ubuntu\n", &forky, Class::Sysext));
+    assert!(systemd_takes("ID=devuan\nID_LIKE=debian\n", &forky, Class::Sysext));
+}
+
 #[test]
 fn invalid_release_data_is_refused_with_the_field() {
     let key_of = |r: ExtensionRelease| match r.validate() {
@@ -110,10 +222,25 @@ fn invalid_release_data_is_refused_with_the_field() {
     };
     assert_eq!(
         key_of(ExtensionRelease {
-            version_id: None,
+            version_id: Some(String::new()),
             ..release()
         }),
         "VERSION_ID"
+    );
+    assert_eq!(
+        key_of(ExtensionRelease {
+            version_id: None,
+            sysext_level: Some(String::new()),
+            ..release()
+        }),
+        "SYSEXT_LEVEL"
+    );
+    assert_eq!(
+        key_of(ExtensionRelease {
+            id: String::new(),
+            ..release()
+        }),
+        "ID"
     );
     assert_eq!(
         key_of(ExtensionRelease {
@@ -289,7 +416,7 @@ fn paths_outside_the_class_names_and_release_conflicts_are_refused() {
     let err = build_image(
         &usr_layer(b"m"),
         &ExtensionRelease {
-            version_id: None,
+            version_id: Some(String::new()),
             ..release()
         },
         "net",
@@ -489,8 +616,8 @@ fn filesystem_layer_refuses_what_build_image_refuses() {
         entries.push(Entry::file(path, b"x".to_vec(), 0o644, 0));
         layer(entries)
     };
-    let no_version = ExtensionRelease {
-        version_id: None,
+    let empty_version = ExtensionRelease {
+        version_id: Some(String::new()),
         ..release()
     };
     let cases: [(Layer, ExtensionRelease, &str); 5] = [
@@ -502,7 +629,7 @@ fn filesystem_layer_refuses_what_build_image_refuses() {
             release(),
             "net",
         ),
-        (usr_layer(b"m"), no_version, "net"),
+        (usr_layer(b"m"), empty_version, "net"),
     ];
     let opts = ImageOptions::default();
     for (part, r, name) in cases {
