@@ -221,7 +221,7 @@ pub async fn write_images(
                         let tree = sysext::filesystem_layer(part, release, &x.name, &o).with_context(what)?;
                         let mut tar = Vec::with_capacity(tree.data_size() as usize);
                         tree.write_tar(&mut tar)?;
-                        let uuid = content_uuid(&tar);
+                        let uuid = strata_format::ids::content_uuid([tar.as_slice()]).to_string();
                         let fs = erofs.erofs(tar, &uuid, epoch).await.with_context(what)?;
                         sysext::image_from_filesystem(fs, release.architecture, signer).with_context(what)?
                     }
@@ -273,23 +273,6 @@ pub async fn write_images(
         });
     }
     Ok(products)
-}
-
-/// A UUID (version 4 layout) derived from `data`, so two builds of a file system agree.
-fn content_uuid(data: &[u8]) -> String {
-    use sha2::Digest as _;
-    let mut b: [u8; 16] = sha2::Sha256::digest(data)[..16].try_into().expect("16 bytes");
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
 }
 
 /// An image taken from the store.
@@ -405,14 +388,11 @@ mod tests {
     }
 
     #[test]
-    fn content_uuids_are_stable_version_4_uuids() {
-        let u = content_uuid(b"strata");
-        assert_eq!(u, content_uuid(b"strata"));
-        assert_ne!(u, content_uuid(b"strata2"));
-        let parts: Vec<usize> = u.split('-').map(str::len).collect();
-        assert_eq!(parts, [8, 4, 4, 4, 12]);
-        assert_eq!(&u[14..15], "4");
-        assert!("89ab".contains(&u[19..20]), "{u}");
+    fn erofs_uuids_are_the_content_uuids_of_the_tar() {
+        // The value `content_uuid` (here before strata_format::ids) gave: the hyphenated
+        // lower-case text mkfs.erofs -U takes.
+        let u = strata_format::ids::content_uuid([b"strata".as_slice()]).to_string();
+        assert_eq!(u, "82ba7e1f-6f41-41d3-a48b-b4f785ca3199");
     }
 
     #[test]

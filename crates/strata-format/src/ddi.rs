@@ -47,7 +47,6 @@
 
 use std::io::{self, Read, Write};
 
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::verity::{self, RootHash};
@@ -454,13 +453,12 @@ fn uuid_from(bytes: &[u8]) -> Uuid {
 
 /// A v4-style UUID derived from the root hash, for identifiers nothing matches against.
 fn derived_uuid(root_hash: &RootHash, purpose: &str) -> Uuid {
-    let digest = Sha256::new()
-        .chain_update(b"strata ddi ")
-        .chain_update(purpose)
-        .chain_update([0])
-        .chain_update(root_hash.as_bytes())
-        .finalize();
-    uuid::Builder::from_random_bytes(digest[..16].try_into().expect("16 bytes")).into_uuid()
+    crate::ids::content_uuid([
+        b"strata ddi ".as_slice(),
+        purpose.as_bytes(),
+        &[0],
+        root_hash.as_bytes(),
+    ])
 }
 
 /// LBA 0: an MBR with one partition of type 0xEE covering the disk (capped at 2^32 - 1).

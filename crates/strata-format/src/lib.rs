@@ -6,6 +6,7 @@ pub mod compress;
 pub mod cpio;
 pub mod ddi;
 pub mod ddi_verify;
+pub mod ids;
 pub mod layer;
 pub mod sign;
 pub mod squashfs;

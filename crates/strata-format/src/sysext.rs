@@ -533,10 +533,9 @@ fn verity_params(filesystem: &[u8]) -> Params {
             .chain_update(digest)
             .finalize()
     };
-    let uuid_bytes: [u8; 16] = derive("strata verity uuid")[..16].try_into().expect("16 bytes");
     Params::new(
         derive("strata verity salt").to_vec(),
-        uuid::Builder::from_random_bytes(uuid_bytes).into_uuid(),
+        crate::ids::content_uuid([b"strata verity uuid".as_slice(), &[0], &digest]),
     )
 }
 
