@@ -7,13 +7,12 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use oci_spec::image::{
     ConfigBuilder, DescriptorBuilder, ImageConfigurationBuilder, ImageManifest, ImageManifestBuilder, MediaType,
     RootFsBuilder,
 };
-use strata_format::compress::Compression;
-use strata_format::layer::{Layer, ReadOptions};
+use strata_format::layer::Layer;
 
 use crate::digest::{Digest, canonical_json};
 use crate::store::{Descriptor, Store};
@@ -33,38 +32,17 @@ pub const ANN_OS_RELEASE: &str = "io.strata.os-release";
 /// Annotation: the cache key a layer was built for.
 pub const ANN_KEY: &str = "io.strata.key";
 
-/// The compression of layer blobs in the store (fast; initrds choose their own).
-const LAYER_COMPRESSION: Compression = Compression::Zstd { level: 3 };
+pub use super::layer::{LAYER_COMPRESSION, LayerBlob, LayerWriter};
 
-/// A layer blob written to the store.
-#[derive(Debug, Clone)]
-pub struct LayerBlob {
-    /// Digest of the compressed blob.
-    pub digest: Digest,
-    pub size: u64,
-    /// Digest of the uncompressed tar.
-    pub diff_id: Digest,
-}
-
-/// Write `layer` as a normalized, compressed tar blob.
+/// Write `layer` as a normalized, compressed tar blob (streamed: see [`LayerWriter`]).
 pub fn put_layer_blob(store: &Store, layer: &Layer) -> Result<LayerBlob> {
-    let mut tar = Vec::with_capacity(layer.data_size() as usize + layer.entries().len() * 1024);
-    layer.write_tar(&mut tar).context("writing the layer tar")?;
-    let diff_id = Digest::of(&tar);
-    let compressed = LAYER_COMPRESSION.compress(&tar).context("compressing the layer tar")?;
-    let digest = store.put_blob(&compressed)?;
-    Ok(LayerBlob {
-        digest,
-        size: compressed.len() as u64,
-        diff_id,
-    })
+    LayerWriter::put(store, layer)
 }
 
-/// Read a layer blob back (verified by digest) into a [`Layer`].
+/// Read a layer blob back (verified by digest) into a [`Layer`] (streamed: see
+/// [`super::layer::read`]).
 pub fn read_layer_blob(store: &Store, digest: &Digest) -> Result<Layer> {
-    let compressed = store.read_blob(digest)?;
-    let tar = zstd::decode_all(compressed.as_slice()).with_context(|| format!("decompressing layer {digest}"))?;
-    Layer::read_tar(tar.as_slice(), &ReadOptions::default()).with_context(|| format!("reading layer {digest}"))
+    super::layer::read(store, digest)
 }
 
 fn oci_digest(d: &Digest) -> oci_spec::image::Digest {

@@ -14,6 +14,7 @@
 
 pub mod atomic;
 pub mod image;
+pub mod layer;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -69,6 +70,19 @@ pub struct Descriptor {
     pub artifact_type: Option<String>,
     #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     pub annotations: HashMap<String, String>,
+}
+
+impl Descriptor {
+    /// A descriptor with no `artifactType` and no annotations.
+    pub fn new(media_type: impl Into<String>, digest: Digest, size: u64) -> Descriptor {
+        Descriptor {
+            media_type: media_type.into(),
+            digest,
+            size,
+            artifact_type: None,
+            annotations: HashMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -151,9 +165,20 @@ impl Store {
 
     /// Read and verify a whole blob. A corrupt blob is removed and reported.
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
+        let mut r = self.blob_reader(digest)?;
+        let len = r.file.metadata().map_or(0, |m| m.len());
+        let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        r.read_to_end(&mut data).map_err(io_at(&r.path))?;
+        r.finish()?;
+        Ok(data)
+    }
+
+    /// A reader of the blob `digest` that hashes what it reads; [`BlobReader::finish`]
+    /// reads what is left and checks the digest. Until then what was read is unverified.
+    pub fn blob_reader(&self, digest: &Digest) -> Result<BlobReader, Error> {
         let path = self.blob_path(digest);
-        let data = match fs::read(&path) {
-            Ok(d) => d,
+        let file = match File::open(&path) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(Error::Missing {
                     root: self.root.clone(),
@@ -162,16 +187,13 @@ impl Store {
             }
             Err(e) => return Err(Error::Io { path, source: e }),
         };
-        let found = Digest::of(&data);
-        if &found != digest {
-            fs::remove_file(&path).map_err(io_at(&path))?;
-            return Err(Error::DigestMismatch {
-                path,
-                expected: digest.clone(),
-                found,
-            });
-        }
-        Ok(data)
+        Ok(BlobReader {
+            file,
+            path,
+            expected: digest.clone(),
+            hasher: Sha256::new(),
+            size: 0,
+        })
     }
 
     /// Read a blob and parse it as JSON.
@@ -263,6 +285,42 @@ impl Write for BlobWriter {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
+    }
+}
+
+/// A blob being read; see [`Store::blob_reader`].
+pub struct BlobReader {
+    file: File,
+    path: PathBuf,
+    expected: Digest,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl BlobReader {
+    /// Read the rest of the blob and check its digest. A corrupt blob is removed and
+    /// reported as [`Error::DigestMismatch`]. Returns the blob's size.
+    pub fn finish(mut self) -> Result<u64, Error> {
+        io::copy(&mut self, &mut io::sink()).map_err(io_at(&self.path))?;
+        let found = Digest::from_hasher(self.hasher);
+        if found != self.expected {
+            fs::remove_file(&self.path).map_err(io_at(&self.path))?;
+            return Err(Error::DigestMismatch {
+                path: self.path,
+                expected: self.expected,
+                found,
+            });
+        }
+        Ok(self.size)
+    }
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
     }
 }
 
