@@ -277,4 +277,120 @@ mod tests {
             .collect();
         assert!(left.is_empty(), "{left:?}");
     }
+
+    /// A layer of 2240 files of 32 KiB (every third byte the same, the rest noise) in 40
+    /// directories: 70 MiB of data, a 55 MiB blob.
+    fn layer_of_70_mib() -> Layer {
+        let mut entries = vec![Entry::dir("usr", 0o755, 0), Entry::dir("usr/lib", 0o755, 0)];
+        for d in 0..40 {
+            entries.push(Entry::dir(&format!("usr/lib/d{d}"), 0o755, 0));
+            for f in 0..56 {
+                let data = noise((d * 100 + f) as u64, 32 << 10);
+                entries.push(Entry::file(&format!("usr/lib/d{d}/f{f}"), data, 0o644, 0));
+            }
+        }
+        Layer::from_entries(entries).unwrap()
+    }
+
+    /// MiB of a `/proc/self/status` line (`VmRSS:`, `VmHWM:`).
+    fn status_mib(key: &str) -> u64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = s.lines().find(|l| l.starts_with(key)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+    }
+
+    /// One measurement of [`peak_memory_of_a_70_mib_layer`], in a process of its own
+    /// (`STRATA_PEAK_PROBE` names it): prints the resident memory before the operation and
+    /// the peak during it.
+    #[test]
+    #[ignore = "run by peak_memory_of_a_70_mib_layer"]
+    fn peak_memory_probe() {
+        let Ok(mode) = std::env::var("STRATA_PEAK_PROBE") else {
+            return;
+        };
+        let store = Store::open(std::env::var("STRATA_PEAK_STORE").unwrap().as_ref()).unwrap();
+        let digest: Digest = std::env::var("STRATA_PEAK_BLOB").unwrap().parse().unwrap();
+        let layer = mode.starts_with("write").then(layer_of_70_mib);
+        let before = status_mib("VmRSS:");
+        std::fs::write("/proc/self/clear_refs", "5").unwrap(); // VmHWM := VmRSS
+        match mode.as_str() {
+            "write-old" => {
+                // put_layer_blob before LayerWriter: the tar in a Vec, the blob in another.
+                let layer = layer.as_ref().unwrap();
+                let mut tar = Vec::with_capacity(layer.data_size() as usize + layer.entries().len() * 1024);
+                layer.write_tar(&mut tar).unwrap();
+                let _diff_id = Digest::of(&tar);
+                let compressed = LAYER_COMPRESSION.compress(&tar).unwrap();
+                assert_eq!(store.put_blob(&compressed).unwrap(), digest);
+            }
+            "write-streamed" => {
+                assert_eq!(
+                    LayerWriter::put(&store, layer.as_ref().unwrap()).unwrap().digest,
+                    digest
+                );
+            }
+            "read-old" => {
+                // read_layer_blob before streaming: the blob in a Vec, the tar in another.
+                let compressed = store.read_blob(&digest).unwrap();
+                let tar = zstd::decode_all(compressed.as_slice()).unwrap();
+                let l = Layer::read_tar(tar.as_slice(), &ReadOptions::default()).unwrap();
+                assert_eq!(l.entries().len(), 2282);
+            }
+            "read-streamed" => {
+                assert_eq!(read(&store, &digest).unwrap().entries().len(), 2282);
+            }
+            other => panic!("unknown probe {other}"),
+        }
+        println!("PEAK {mode} {before} {}", status_mib("VmHWM:"));
+    }
+
+    /// Peak resident memory of writing a 70 MiB layer into the store and reading it back,
+    /// the old way (whole tar and whole blob in memory) and streamed, each in a process of
+    /// its own. Linux only. `cargo test --release --lib
+    /// store::layer::tests::peak_memory_of -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement (prints a table); Linux only"]
+    fn peak_memory_of_a_70_mib_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let layer = layer_of_70_mib();
+        let blob = LayerWriter::put(&store, &layer).unwrap();
+        assert_eq!(blob, the_old_way(&layer));
+        println!(
+            "layer: {} entries, {} MiB of data; blob {} MiB",
+            layer.entries().len(),
+            layer.data_size() >> 20,
+            blob.size >> 20
+        );
+        drop(layer);
+        let mut peaks = std::collections::BTreeMap::new();
+        for mode in ["write-old", "write-streamed", "read-old", "read-streamed"] {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "store::layer::tests::peak_memory_probe"])
+                .args(["--ignored", "--nocapture", "--test-threads=1"])
+                .env("STRATA_PEAK_PROBE", mode)
+                .env("STRATA_PEAK_STORE", dir.path())
+                .env("STRATA_PEAK_BLOB", blob.digest.to_string())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{mode}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // The harness prints the test's name on the same line, before.
+            let line = stdout.lines().find_map(|l| l.split_once("PEAK ")).unwrap().1;
+            let n: Vec<u64> = line.split(' ').skip(1).map(|n| n.parse().unwrap()).collect();
+            println!(
+                "{mode:>15}: resident before {:>4} MiB, peak {:>4} MiB, peak above before {:>4} MiB",
+                n[0],
+                n[1],
+                n[1] - n[0]
+            );
+            peaks.insert(mode, n[1] - n[0]);
+        }
+        assert!(peaks["write-streamed"] < peaks["write-old"]);
+        assert!(peaks["read-streamed"] < peaks["read-old"]);
+    }
 }
