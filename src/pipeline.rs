@@ -18,7 +18,7 @@ use crate::stage::{Ctx, base, builder, erofs, extension, kernel};
 use crate::store::Store;
 use crate::store::image as oci;
 
-pub use crate::stage::builder::{BUILDER_CONTAINERFILE, builder_tag};
+pub use crate::stage::builder::builder_tag;
 
 /// What `strata build` was asked to do.
 #[derive(Debug, Clone)]
@@ -81,7 +81,8 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
     }
     let store_dir = opts.cache_dir.join("oci");
     let store = Store::open(&store_dir).with_context(|| format!("opening the layer store {}", store_dir.display()))?;
-    let builder = builder_tag();
+    let distro = set.distro();
+    let builder = builder_tag(distro);
     let epoch = opts.source_date_epoch;
     let base_key = plan::base_key(&set, &builder, epoch);
     let kernel_key = plan::kernel_key(&set, &builder, epoch);
@@ -94,6 +95,7 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
     let engine = LazyEngine {
         podman: tokio::sync::OnceCell::new(),
         builder: &builder,
+        distro,
         cancel: &opts.cancel,
     };
     if obtain(&store, &remote, opts.rebuild, "base", &base_key, &base_ref, &mut report).await? {
@@ -103,6 +105,7 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
                 set: &set,
                 store: &store,
                 builder: &builder,
+                distro,
                 epoch,
                 cancel: &opts.cancel,
             },
@@ -136,6 +139,7 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
                 set: &set,
                 store: &store,
                 builder: &builder,
+                distro,
                 epoch,
                 cancel: &opts.cancel,
             },
@@ -168,6 +172,7 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
                     set: &set,
                     store: &store,
                     builder: &builder,
+                    distro,
                     epoch,
                     cancel: &opts.cancel,
                 },
@@ -257,6 +262,7 @@ async fn obtain(
 struct LazyEngine<'a> {
     podman: tokio::sync::OnceCell<Podman>,
     builder: &'a str,
+    distro: &'static dyn crate::distro::Distro,
     cancel: &'a CancellationToken,
 }
 
@@ -265,7 +271,7 @@ impl LazyEngine<'_> {
         self.podman
             .get_or_try_init(|| async {
                 let engine = Podman::connect().await.context("connecting to the container engine")?;
-                builder::ensure(&engine).await?;
+                builder::ensure(&engine, self.distro).await?;
                 Ok(engine)
             })
             .await
@@ -384,7 +390,7 @@ async fn write_products(
         let os_release = base_ann
             .get(oci::ANN_OS_RELEASE)
             .context("base layer without an os-release annotation")?;
-        let arch = crate::products::sysext::arch(&set.distribution.architecture)?;
+        let arch = set.distro().architecture(&set.distribution.architecture)?.sysext;
         for (x, blob) in inputs.extensions {
             let release = crate::products::sysext::release(os_release, arch, x);
             let images =

@@ -107,7 +107,12 @@ struct RawExtraFile {
 }
 
 /// Parse one extension file. `dir` is the layer-set directory extra files are read from.
-pub fn parse(file: &Path, text: &str, dir: &Path) -> Result<Extension, ConfigError> {
+pub fn parse(
+    file: &Path,
+    text: &str,
+    dir: &Path,
+    distro: &dyn crate::distro::Distro,
+) -> Result<Extension, ConfigError> {
     let err_at = err_fn(file, text);
     let name = file
         .file_stem()
@@ -129,7 +134,7 @@ pub fn parse(file: &Path, text: &str, dir: &Path) -> Result<Extension, ConfigErr
             "the package list is empty and there are no files: the extension would hold nothing".into(),
         ));
     }
-    let packages = package_list(x.packages.into_inner(), "extension.packages", &err_at)?;
+    let packages = package_list(x.packages.into_inner(), "extension.packages", distro, &err_at)?;
     let remove = x
         .remove
         .iter()
@@ -233,7 +238,7 @@ mod tests {
     use super::*;
 
     fn parse_in(dir: &Path, text: &str) -> Result<Extension, ConfigError> {
-        parse(&dir.join("network.toml"), text, dir)
+        parse(&dir.join("network.toml"), text, dir, &crate::distro::debian::Debian)
     }
 
     #[test]
@@ -311,6 +316,7 @@ files = [{ source = "dhcp.network", path = "/usr/lib/systemd/network/80-dhcp.net
             &dir.path().join("my_ext.toml"),
             "[extension]\npackages = [\"ok\"]\n",
             dir.path(),
+            &crate::distro::debian::Debian,
         )
         .unwrap_err();
         assert!(e.to_string().contains("invalid extension name `my_ext`"), "{e}");

@@ -16,8 +16,8 @@ pub mod extension;
 
 pub use extension::{Extension, ExtraFile, Filesystem};
 
-/// The default mirror: Debian's main mirror network.
-pub const DEFAULT_DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+/// The default mirror of a Debian set.
+pub const DEFAULT_DEBIAN_MIRROR: &str = crate::distro::debian::DEFAULT_MIRROR;
 
 /// A parsed and validated layer set.
 #[derive(Debug, Clone)]
@@ -42,8 +42,12 @@ pub struct Distribution {
     pub release: String,
     pub mirror: String,
     pub components: Vec<String>,
-    /// Debian architecture name, e.g. `amd64`.
+    /// The distribution's architecture name, e.g. `amd64`.
     pub architecture: String,
+    /// Accept a repository whose release file has expired (`Valid-Until` in the past), as
+    /// a frozen mirror snapshot's does. The epoch still comes from its `Date:`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_expired_release: bool,
 }
 
 /// The base layer: the userspace of the initrd.
@@ -111,6 +115,8 @@ struct RawDistribution {
     mirror: Option<Spanned<String>>,
     components: Option<Vec<Spanned<String>>>,
     architecture: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_expired_release: bool,
 }
 
 #[derive(Deserialize)]
@@ -150,9 +156,14 @@ impl LayerSet {
         for file in others {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading the extension layer {}", file.display()))?;
-            set.extensions.push(extension::parse(&file, &text, dir)?);
+            set.extensions.push(extension::parse(&file, &text, dir, set.distro())?);
         }
         Ok(set)
+    }
+
+    /// The distribution backend of the set (checked when the set was parsed).
+    pub fn distro(&self) -> &'static dyn crate::distro::Distro {
+        crate::distro::backend(&self.distribution.id).expect("distribution.id is checked by config::parse")
     }
 
     /// The extension called `name`.
@@ -187,16 +198,18 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(e, &err_at))?;
 
     let d = raw.distribution;
-    if d.id.get_ref() != "debian" {
+    let Some(distro) = crate::distro::backend(d.id.get_ref()) else {
         return Err(err_at(
             Some(d.id.span()),
             Some("distribution.id"),
             format!(
-                "unsupported distribution `{}`: strata has a builder image for `debian` only",
-                d.id.get_ref()
+                "unsupported distribution `{}`: strata has a backend for {}",
+                d.id.get_ref(),
+                crate::distro::KNOWN.map(|k| format!("`{k}`")).join(", ")
             ),
         ));
-    }
+    };
+    let (default_mirror, default_components, default_architecture) = distro.defaults();
     check_word(&d.release, "distribution.release", &err_at)?;
     if let Some(m) = &d.mirror
         && !(m.get_ref().starts_with("http://") || m.get_ref().starts_with("https://"))
@@ -207,23 +220,24 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
             format!("mirror `{}` must be an http:// or https:// URL", m.get_ref()),
         ));
     }
-    let mirror = d
-        .mirror
-        .map_or_else(|| DEFAULT_DEBIAN_MIRROR.to_string(), |m| m.into_inner());
+    let mirror = d.mirror.map_or_else(|| default_mirror.to_string(), |m| m.into_inner());
     let components = match d.components {
         Some(c) => c
             .into_iter()
             .map(|c| check_word(&c, "distribution.components", &err_at).map(|_| c.into_inner()))
             .collect::<Result<_, _>>()?,
-        None => vec!["main".to_string()],
+        None => default_components.iter().map(|c| c.to_string()).collect(),
     };
     let architecture = match d.architecture {
         Some(a) => {
             check_word(&a, "distribution.architecture", &err_at)?;
             a.into_inner()
         }
-        None => "amd64".to_string(),
+        None => default_architecture.to_string(),
     };
+    if let Err(e) = distro.architecture(&architecture) {
+        return Err(err_at(None, Some("distribution.architecture"), format!("{e:#}")));
+    }
 
     let b = raw.base;
     if b.packages.get_ref().is_empty() {
@@ -233,7 +247,7 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
             "the package list is empty".into(),
         ));
     }
-    let packages = package_list(b.packages.into_inner(), "base.packages", &err_at)?;
+    let packages = package_list(b.packages.into_inner(), "base.packages", distro, &err_at)?;
     let remove = b
         .remove
         .iter()
@@ -248,7 +262,7 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
     };
 
     let k = raw.kernel;
-    check_package(&k.package, "kernel.package", &err_at)?;
+    check_package(&k.package, "kernel.package", distro, &err_at)?;
     if k.modules.get_ref().is_empty() {
         return Err(err_at(
             Some(k.modules.span()),
@@ -267,7 +281,7 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
         }
         modules.push(m.into_inner());
     }
-    let firmware_packages = package_list(k.firmware_packages, "kernel.firmware-packages", &err_at)?;
+    let firmware_packages = package_list(k.firmware_packages, "kernel.firmware-packages", distro, &err_at)?;
 
     Ok(LayerSet {
         dir: PathBuf::new(),
@@ -278,6 +292,7 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
             mirror,
             components,
             architecture,
+            allow_expired_release: d.allow_expired_release,
         },
         base: Base {
             packages,
@@ -332,10 +347,15 @@ fn check_remove_glob(r: &Spanned<String>, key: &str, err_at: &ErrAt) -> Result<S
     Ok(p.to_string())
 }
 
-fn package_list(list: Vec<Spanned<String>>, key: &str, err_at: &ErrAt) -> Result<Vec<String>, ConfigError> {
+fn package_list(
+    list: Vec<Spanned<String>>,
+    key: &str,
+    distro: &dyn crate::distro::Distro,
+    err_at: &ErrAt,
+) -> Result<Vec<String>, ConfigError> {
     let mut out: Vec<String> = Vec::with_capacity(list.len());
     for p in list {
-        check_package(&p, key, err_at)?;
+        check_package(&p, key, distro, err_at)?;
         if out.contains(p.get_ref()) {
             return Err(err_at(
                 Some(p.span()),
@@ -348,22 +368,23 @@ fn package_list(list: Vec<Spanned<String>>, key: &str, err_at: &ErrAt) -> Result
     Ok(out)
 }
 
-/// Debian policy 5.6.1: lower case letters, digits, `+ - .`; at least two characters,
-/// starting with an alphanumeric.
-fn check_package(p: &Spanned<String>, key: &str, err_at: &ErrAt) -> Result<(), ConfigError> {
+/// A package name as the distribution's rules allow it.
+fn check_package(
+    p: &Spanned<String>,
+    key: &str,
+    distro: &dyn crate::distro::Distro,
+    err_at: &ErrAt,
+) -> Result<(), ConfigError> {
     let name = p.get_ref();
-    let ok = name.len() >= 2
-        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
-    if ok {
+    if distro.valid_package_name(name) {
         Ok(())
     } else {
+        let id = distro.id();
+        let id = id[..1].to_uppercase() + &id[1..];
         Err(err_at(
             Some(p.span()),
             Some(key),
-            format!("`{name}` is not a valid Debian package name"),
+            format!("`{name}` is not a valid {id} package name"),
         ))
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod fake;
 pub mod podman;
+pub mod run;
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -1,20 +1,22 @@
-//! The base layer: the package list installed by apt/dpkg into an empty build root inside a
-//! builder container, then pruned and normalized into the initrd's userspace.
+//! The base layer: the package list installed by the distribution's package manager into
+//! an empty build root inside a builder container, then pruned and normalized into the
+//! initrd's userspace.
 
 use std::collections::HashMap;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use strata_format::layer::{Entry, EntryKind, Layer, ReadOptions};
+use strata_format::os_release;
 use tracing::info;
 
-use super::{Ctx, in_container, put_file};
+use super::{Ctx, epoch, in_container};
 use crate::digest::Digest;
-use crate::distro::debian;
+use crate::distro::{self, Distro, Package};
+use crate::engine::run::{self, Container};
 use crate::engine::{ContainerSpec, Engine};
 use crate::store::image as oci;
 
-const FETCH_RELEASE: &str = include_str!("../distro/debian/scripts/fetch-release.sh");
-const INSTALL_ROOT: &str = include_str!("../distro/debian/scripts/install-root.sh");
+/// Where the build root is installed in the container.
 const TARGET: &str = "/root/target";
 /// The units that merge system and configuration extensions, enabled in the base layer.
 const EXTENSION_UNITS: [&str; 2] = ["systemd-sysext.service", "systemd-confext.service"];
@@ -29,37 +31,28 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
         network: true,
         name_hint: "base".into(),
     };
-    let (tar, epoch) = in_container(ctx.engine, ctx.cancel, &spec, async |id: &str| {
-        put_file(
-            ctx.engine,
-            id,
-            "/",
-            "strata-fetch-release.sh",
-            FETCH_RELEASE.as_bytes(),
-            0o755,
-        )
-        .await?;
-        let epoch = epoch_for(ctx, id).await?;
-        let tar = install_root(ctx, id, &set.base.packages, epoch, &set.dir.join("base.toml")).await?;
-        Ok((tar, epoch))
+    let (root, epoch) = in_container(ctx.engine, ctx.cancel, &spec, async |c: &Container| {
+        let epoch = epoch(ctx, c).await?;
+        let root = install_root(ctx, c, &set.base.packages, epoch, &set.dir.join("base.toml")).await?;
+        Ok((root, epoch))
     })
     .await?;
 
     let packages = set.base.packages.clone();
     let remove = set.base.remove.clone();
     let (release, mirror) = (d.release.clone(), d.mirror.clone());
-    let store = ctx.store.clone();
+    let (store, distro) = (ctx.store.clone(), ctx.distro);
     let name = name.to_string();
     let key = key.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
-        let layer = read_root(&tar)?;
-        let (layer, versions) = finalize(layer, &packages, &remove, epoch)?;
+        let layer = read_root(&root.tar)?;
+        let (layer, versions) = finalize(layer, &root.installed, distro, &packages, &remove, epoch)?;
         let blob = oci::put_layer_blob(&store, &layer)?;
         let os_release = match layer.get("usr/lib/os-release").map(|e| &e.kind) {
             Some(EntryKind::File { data }) => String::from_utf8_lossy(data).into_owned(),
             _ => String::new(),
         };
-        let version = debian::os_release_field(&os_release, "VERSION_ID").unwrap_or(release);
+        let version = os_release::field(&os_release, "VERSION_ID").unwrap_or(release);
         let mut annotations = HashMap::from([
             (oci::ANN_KEY.to_string(), key.to_string()),
             (oci::ANN_EPOCH.to_string(), epoch.to_string()),
@@ -74,45 +67,39 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
     .await?
 }
 
-/// Install `packages` and their dependencies with apt/dpkg (mmdebstrap) into an empty build
-/// root in container `id`; returns the root as a tar. `config` is the file that lists the
-/// packages, named when one of them does not exist.
+/// An installed build root read as a layer, with the packages in it.
+pub struct InstalledRoot {
+    pub layer: Layer,
+    pub packages: Vec<Package>,
+}
+
+/// An installed build root: its tar and the packages in it.
+pub(crate) struct Root {
+    pub tar: Vec<u8>,
+    pub installed: Vec<Package>,
+}
+
+/// Install `packages` and their dependencies with the distribution's package manager into
+/// an empty build root in container `c`. `config` is the file that lists the packages,
+/// named when one of them does not exist.
 pub(crate) async fn install_root<E: Engine>(
     ctx: &Ctx<'_, E>,
-    id: &str,
+    c: &Container,
     packages: &[String],
     epoch: u64,
     config: &std::path::Path,
-) -> Result<Vec<u8>> {
+) -> Result<Root> {
     let d = &ctx.set.distribution;
-    put_file(
-        ctx.engine,
-        id,
-        "/",
-        "strata-install-root.sh",
-        INSTALL_ROOT.as_bytes(),
-        0o755,
-    )
-    .await?;
     info!(
         packages = packages.len(),
         epoch, "installing packages into the build root"
     );
-    let argv = vec![
-        "env".into(),
-        format!("SOURCE_DATE_EPOCH={epoch}"),
-        "sh".into(),
-        "/strata-install-root.sh".into(),
-        d.mirror.clone(),
-        d.release.clone(),
-        d.components.join(","),
-        d.architecture.clone(),
-        packages.join(","),
-        TARGET.into(),
-    ];
-    let out = ctx.engine.exec(id, &argv).await?;
-    if out.exit_code != 0 {
-        let missing = debian::missing_packages(&out.tail_text());
+    let install = ctx.distro.install_command(d, packages, TARGET, epoch);
+    if let Err(e) = run::run(ctx.engine, c, &install).await {
+        let missing = e
+            .downcast_ref::<run::Failed>()
+            .map(|f| ctx.distro.missing_packages(&f.tail))
+            .unwrap_or_default();
         if !missing.is_empty() {
             bail!(
                 "package{} {} not found in {}/{} ({}, components {}): check the spelling in {}",
@@ -125,13 +112,19 @@ pub(crate) async fn install_root<E: Engine>(
                 config.display()
             );
         }
-        bail!(
-            "installing the packages failed (exit code {}):\n--- last output ---\n{}",
-            out.exit_code,
-            out.tail_text()
-        );
+        return Err(e);
     }
-    Ok(ctx.engine.get_archive(id, TARGET).await?)
+    let query = run::run(ctx.engine, c, &ctx.distro.query_command(TARGET)).await?;
+    let installed = ctx
+        .distro
+        .installed(&query.stdout)
+        .with_context(|| format!("{} in {}", query_what(), TARGET))?;
+    let tar = ctx.engine.get_archive(&c.id, TARGET).await?;
+    Ok(Root { tar, installed })
+}
+
+fn query_what() -> &'static str {
+    "reading the installed packages"
 }
 
 /// The build root in a tar from [`install_root`], as a layer.
@@ -145,60 +138,20 @@ pub(crate) fn read_root(tar: &[u8]) -> Result<Layer> {
     .context("reading the build root from the container")
 }
 
-/// The epoch for this build: `SOURCE_DATE_EPOCH` if set, else the suite's release date.
-async fn epoch_for<E: Engine>(ctx: &Ctx<'_, E>, id: &str) -> Result<u64> {
-    let d = &ctx.set.distribution;
-    let out = ctx
-        .engine
-        .exec(
-            id,
-            &[
-                "sh".into(),
-                "/strata-fetch-release.sh".into(),
-                d.mirror.clone(),
-                d.release.clone(),
-            ],
-        )
-        .await?;
-    match out.exit_code {
-        0 => {}
-        90 => bail!(
-            "cannot reach the mirror {} (fetching dists/{}/InRelease failed); check the network or the `mirror` key\n--- last output ---\n{}",
-            d.mirror,
-            d.release,
-            out.tail_text()
-        ),
-        code => bail!(
-            "reading the release file from {} failed (exit code {code}):\n{}",
-            d.mirror,
-            out.tail_text()
-        ),
-    }
-    if let Some(e) = ctx.epoch {
-        return Ok(e);
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    debian::release_date(&text).ok_or_else(|| {
-        anyhow!(
-            "{}/dists/{}/InRelease has no readable Date: field:\n{text}",
-            d.mirror,
-            d.release
-        )
-    })
-}
-
 /// Turn an installed build root into the base layer: keep only the requested packages'
 /// dependency closure, drop the configured paths, add `/init` and `/etc/initrd-release`,
 /// clamp mtimes. Returns the layer and the kept packages as `name=version`.
-pub fn finalize(mut layer: Layer, packages: &[String], remove: &[String], epoch: u64) -> Result<(Layer, Vec<String>)> {
-    let status = match layer.get("var/lib/dpkg/status").map(|e| &e.kind) {
-        Some(EntryKind::File { data }) => String::from_utf8_lossy(data).into_owned(),
-        _ => bail!("the build root has no dpkg database (var/lib/dpkg/status)"),
-    };
-    let installed = debian::parse_status(&status);
-    let keep = debian::closure(&installed, packages)
+pub fn finalize(
+    mut layer: Layer,
+    installed: &[Package],
+    distro: &dyn Distro,
+    packages: &[String],
+    remove: &[String],
+    epoch: u64,
+) -> Result<(Layer, Vec<String>)> {
+    let keep = distro::closure(installed, packages)
         .map_err(|p| anyhow!("package `{p}` was requested but is not installed in the build root"))?;
-    let pruned = debian::prune(&mut layer, &installed, &keep);
+    let pruned = distro::prune(&mut layer, installed, &keep);
     info!(
         kept = keep.len(),
         pruned = pruned.packages.len(),
@@ -221,6 +174,13 @@ pub fn finalize(mut layer: Layer, packages: &[String], remove: &[String], epoch:
         ..Default::default()
     };
     layer.remove_where(|e| patterns.iter().any(|p| p.matches_with(&e.path, opts)));
+    // The package manager's own state has no use in an initrd or an extension.
+    let state = distro.state_paths();
+    layer.remove_where(|e| {
+        state
+            .iter()
+            .any(|s| e.path == *s || e.path.strip_prefix(s).is_some_and(|r| r.starts_with('/')))
+    });
 
     let os_release = ["usr/lib/os-release", "etc/os-release"]
         .iter()
@@ -255,7 +215,7 @@ pub fn finalize(mut layer: Layer, packages: &[String], remove: &[String], epoch:
     entries.push(Entry::symlink("init", "usr/lib/systemd/systemd", epoch));
     entries.push(Entry::file(
         "etc/initrd-release",
-        debian::initrd_release(&os_release),
+        os_release::initrd_release(&os_release),
         0o644,
         epoch,
     ));
@@ -267,6 +227,26 @@ pub fn finalize(mut layer: Layer, packages: &[String], remove: &[String], epoch:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pkg(name: &str, version: &str, depends: &[&str], files: &[&str]) -> Package {
+        Package {
+            name: name.into(),
+            version: version.into(),
+            architecture: "amd64".into(),
+            depends: depends.iter().map(|d| vec![d.to_string()]).collect(),
+            provides: vec![],
+            files: files.iter().map(|f| f.to_string()).collect(),
+        }
+    }
+
+    /// What the Debian backend reports for [`root`].
+    fn installed() -> Vec<Package> {
+        vec![
+            pkg("systemd", "257", &["libc6"], &[]),
+            pkg("libc6", "2.41", &[], &[]),
+            pkg("dpkg", "1.22", &[], &["usr/bin/dpkg"]),
+        ]
+    }
 
     fn root() -> Layer {
         let status = "Package: systemd\nStatus: install ok installed\nArchitecture: amd64\nVersion: 257\nDepends: libc6\n\n\
@@ -292,7 +272,15 @@ mod tests {
             "var/cache/*".to_string(),
             "var/lib/dpkg".to_string(),
         ];
-        let (layer, versions) = finalize(root(), &["systemd".into()], &remove, 1_000).unwrap();
+        let (layer, versions) = finalize(
+            root(),
+            &installed(),
+            &crate::distro::debian::Debian,
+            &["systemd".into()],
+            &remove,
+            1_000,
+        )
+        .unwrap();
         assert_eq!(versions, ["systemd=257", "libc6=2.41"]);
         assert!(layer.get("usr/bin/dpkg").is_none(), "dpkg was not requested");
         assert!(layer.get("usr/share/doc").is_none() && layer.get("var/lib/dpkg").is_none());
@@ -327,14 +315,30 @@ mod tests {
 
     #[test]
     fn finalize_explains_what_is_missing() {
-        let err = finalize(root(), &["bash".into()], &[], 1).unwrap_err();
+        let err = finalize(
+            root(),
+            &installed(),
+            &crate::distro::debian::Debian,
+            &["bash".into()],
+            &[],
+            1,
+        )
+        .unwrap_err();
         assert!(
             err.to_string().contains("`bash` was requested but is not installed"),
             "{err}"
         );
         let mut no_systemd = root();
         no_systemd.remove_where(|e| e.path == "usr/lib/systemd/systemd");
-        let err = finalize(no_systemd, &["libc6".into()], &[], 1).unwrap_err();
+        let err = finalize(
+            no_systemd,
+            &installed(),
+            &crate::distro::debian::Debian,
+            &["libc6".into()],
+            &[],
+            1,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("add `systemd`"), "{err}");
     }
 }

@@ -4,7 +4,8 @@
 use anyhow::{Context as _, Result};
 use tracing::info;
 
-use super::{get_file, in_container, put_file, run_checked};
+use super::{get_file, in_container, put_file};
+use crate::engine::run::{self, Command, Container};
 use crate::engine::{ContainerSpec, Engine};
 
 /// `mkfs.erofs` in a container from `builder`: the tree in `tar` as an lz4hc-compressed
@@ -24,10 +25,10 @@ pub(crate) async fn mkfs<E: Engine>(
         network: false,
         name_hint: "erofs".into(),
     };
-    let fs = in_container(engine, cancel, &spec, async |id: &str| {
-        put_file(engine, id, "/", "strata-fs.tar", &tar, 0o644).await?;
-        run_checked(engine, id, "mkfs.erofs", argv(uuid, epoch)).await?;
-        get_file(engine, id, "/strata-fs.erofs").await
+    let fs = in_container(engine, cancel, &spec, async |c: &Container| {
+        put_file(engine, &c.id, "/", "strata-fs.tar", &tar, 0o644).await?;
+        run::run(engine, c, &Command::new("mkfs.erofs", argv(uuid, epoch))).await?;
+        get_file(engine, &c.id, "/strata-fs.erofs").await
     })
     .await
     .context("making the erofs file system in the builder container")?;

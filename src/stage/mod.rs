@@ -14,10 +14,12 @@ pub(crate) mod erofs;
 pub(crate) mod extension;
 pub(crate) mod kernel;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use crate::config::LayerSet;
-use crate::engine::{ContainerSpec, Engine, ExecOutput};
+use crate::distro::Distro;
+use crate::engine::run::{self, Container};
+use crate::engine::{ContainerSpec, Engine};
 use crate::interrupt::CancellationToken;
 use crate::store::Store;
 
@@ -27,6 +29,9 @@ pub(crate) struct Ctx<'a, E: Engine> {
     pub set: &'a LayerSet,
     pub store: &'a Store,
     pub builder: &'a str,
+    /// The distribution backend of the set (`distribution.id`).
+    pub distro: &'static dyn Distro,
+    /// `SOURCE_DATE_EPOCH`, if set.
     pub epoch: Option<u64>,
     /// Cancelled on Ctrl-C ([`crate::interrupt`]).
     pub cancel: &'a CancellationToken,
@@ -38,14 +43,18 @@ pub(crate) async fn in_container<E: Engine, T>(
     engine: &E,
     cancel: &CancellationToken,
     spec: &ContainerSpec,
-    work: impl AsyncFnOnce(&str) -> Result<T>,
+    work: impl AsyncFnOnce(&Container) -> Result<T>,
 ) -> Result<T> {
     let id = tokio::select! {
         id = engine.create(spec) => id?,
         () = cancel.cancelled() => return Err(crate::interrupt::interrupted_error()),
     };
+    let container = Container {
+        id: id.clone(),
+        spec: spec.clone(),
+    };
     let result = tokio::select! {
-        r = work(&id) => r,
+        r = work(&container) => r,
         () = cancel.cancelled() => Err(crate::interrupt::interrupted_error()),
     };
     let removed = engine.remove(&id).await;
@@ -57,18 +66,17 @@ pub(crate) async fn in_container<E: Engine, T>(
     }
 }
 
-/// Run a command in a container; a non-zero exit is an error carrying the output's tail.
-pub(crate) async fn run_checked<E: Engine>(engine: &E, id: &str, what: &str, argv: Vec<String>) -> Result<ExecOutput> {
-    let out = engine.exec(id, &argv).await?;
-    if out.exit_code != 0 {
-        bail!(
-            "{what} failed (exit code {}): `{}`\n--- last output ---\n{}",
-            out.exit_code,
-            argv.join(" "),
-            out.tail_text()
-        );
-    }
-    Ok(out)
+/// The epoch of a build: `SOURCE_DATE_EPOCH` if set, else the repository's release date.
+/// The repository is asked either way: an unreachable mirror or an expired release (unless
+/// the set allows it) is an error before anything is installed.
+pub(crate) async fn epoch<E: Engine>(ctx: &Ctx<'_, E>, c: &Container) -> Result<u64> {
+    let d = &ctx.set.distribution;
+    let answer = run::run_json(ctx.engine, c, &ctx.distro.release_command(d)).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_secs());
+    let release = ctx.distro.release_epoch(d, &answer, now)?;
+    Ok(ctx.epoch.unwrap_or(release))
 }
 
 /// Put one file into a container directory.
@@ -106,19 +114,11 @@ pub(crate) async fn get_file<E: Engine>(engine: &E, id: &str, path: &str) -> Res
     Ok(data)
 }
 
-/// `KEY=value` lines of a script's stdout.
-pub(crate) fn output_values(stdout: &[u8], key: &str) -> Vec<String> {
-    let prefix = format!("{key}=");
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::fake::{Call, Fake};
+    use anyhow::bail;
 
     #[tokio::test]
     async fn container_is_removed_on_success_and_on_failure() {
@@ -130,40 +130,17 @@ mod tests {
             name_hint: "t".into(),
         };
         let cancel = CancellationToken::new();
-        let v = in_container(&fake, &cancel, &spec, async |_id: &str| Ok(7))
+        let v = in_container(&fake, &cancel, &spec, async |_c: &Container| Ok(7))
             .await
             .unwrap();
         assert_eq!(v, 7);
-        let err = in_container(&fake, &cancel, &spec, async |_id: &str| -> Result<()> { bail!("boom") })
-            .await
-            .unwrap_err();
+        let err = in_container(&fake, &cancel, &spec, async |_c: &Container| -> Result<()> {
+            bail!("boom")
+        })
+        .await
+        .unwrap_err();
         assert_eq!(err.to_string(), "boom");
         let removes = fake.calls().iter().filter(|c| matches!(c, Call::Remove(_))).count();
         assert_eq!(removes, 2);
-    }
-
-    #[tokio::test]
-    async fn failed_command_reports_its_tail() {
-        let fake = Fake::default();
-        fake.exec_answers.lock().unwrap().push_back(ExecOutput {
-            exit_code: 100,
-            stdout: vec![],
-            tail: vec!["E: something broke".into()],
-        });
-        let err = run_checked(&fake, "id", "installing packages", vec!["mmdebstrap".into()])
-            .await
-            .unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.contains("installing packages failed (exit code 100)") && text.contains("E: something broke"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn output_values_are_read_from_marked_lines() {
-        let out = b"noise\nSTRATA_KERNEL_VERSION=6.12.1-amd64\nSTRATA_FIRMWARE_MISSING=a.bin\nSTRATA_FIRMWARE_MISSING=b.bin\n";
-        assert_eq!(output_values(out, "STRATA_KERNEL_VERSION"), ["6.12.1-amd64"]);
-        assert_eq!(output_values(out, "STRATA_FIRMWARE_MISSING"), ["a.bin", "b.bin"]);
     }
 }

@@ -27,7 +27,7 @@ pub fn layer_set_dir() -> PathBuf {
 /// set to [`EPOCH`].
 pub fn keys() -> (Digest, Digest) {
     let set = LayerSet::load(&layer_set_dir()).unwrap();
-    let builder = strata::pipeline::builder_tag();
+    let builder = strata::pipeline::builder_tag(set.distro());
     (
         plan::base_key(&set, &builder, Some(EPOCH)),
         plan::kernel_key(&set, &builder, Some(EPOCH)),

@@ -8,6 +8,7 @@ pub mod ddi;
 pub mod ddi_verify;
 pub mod ids;
 pub mod layer;
+pub mod os_release;
 pub mod sign;
 pub mod squashfs;
 pub mod sysext;

@@ -1,192 +1,233 @@
-//! Debian specifics, as pure functions: the dpkg database of a build root, pruning it to the
-//! requested packages' dependency closure, the suite's release date, and apt's error lines.
+//! Debian: apt and dpkg, through mmdebstrap, in a builder image made from
+//! `Containerfiles/debian.Containerfile`, whose `debian/` scripts are the commands strata
+//! runs (`strata-release`, `strata-install-root`, `strata-query-installed`,
+//! `strata-kernel-fetch`, `strata-kernel-assemble`). The pure parts: dpkg's relation syntax,
+//! the Release file's date, apt's error lines, Debian's package-name rule and architecture
+//! names.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
-use strata_format::layer::{EntryKind, Layer};
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
 
-/// One installed package from `/var/lib/dpkg/status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Package {
-    pub name: String,
-    pub architecture: String,
-    pub version: String,
-    /// `Depends` and `Pre-Depends`: each inner list is a set of alternatives.
-    pub depends: Vec<Vec<String>>,
-    pub provides: Vec<String>,
+use super::{Architecture, BuilderContext, Distro, Package, ReleaseAnswer};
+use crate::config::Distribution;
+use crate::engine::run::Command;
+
+/// The Debian backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Debian;
+
+/// The builder image's files, compiled into strata so the image and its tag always match.
+const CONTAINERFILE: &str = include_str!("../../../Containerfiles/debian.Containerfile");
+const SCRIPTS: [(&str, &str); 5] = [
+    (
+        "debian/strata-release",
+        include_str!("../../../Containerfiles/debian/strata-release"),
+    ),
+    (
+        "debian/strata-install-root",
+        include_str!("../../../Containerfiles/debian/strata-install-root"),
+    ),
+    (
+        "debian/strata-query-installed",
+        include_str!("../../../Containerfiles/debian/strata-query-installed"),
+    ),
+    (
+        "debian/strata-kernel-fetch",
+        include_str!("../../../Containerfiles/debian/strata-kernel-fetch"),
+    ),
+    (
+        "debian/strata-kernel-assemble",
+        include_str!("../../../Containerfiles/debian/strata-kernel-assemble"),
+    ),
+];
+
+/// Debian's main mirror network.
+pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+
+impl Distro for Debian {
+    fn id(&self) -> &'static str {
+        "debian"
+    }
+
+    fn builder(&self) -> BuilderContext {
+        BuilderContext {
+            name: "debian",
+            containerfile: ("debian.Containerfile", CONTAINERFILE),
+            files: &SCRIPTS,
+        }
+    }
+
+    fn defaults(&self) -> (&'static str, &'static [&'static str], &'static str) {
+        (DEFAULT_MIRROR, &["main"], "amd64")
+    }
+
+    fn valid_package_name(&self, name: &str) -> bool {
+        // Debian policy 5.6.1: lower case letters, digits, + - . ; at least two characters,
+        // starting with an alphanumeric character.
+        name.len() >= 2
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+    }
+
+    fn architecture(&self, name: &str) -> Result<Architecture> {
+        use oci_spec::image::Arch as Oci;
+        use strata_format::ddi::Arch as Dps;
+        match name {
+            "amd64" => Ok(Architecture {
+                sysext: Dps::X86_64,
+                oci: Oci::Amd64,
+            }),
+            "arm64" => Ok(Architecture {
+                sysext: Dps::Arm64,
+                oci: Oci::ARM64,
+            }),
+            other => bail!("architecture `{other}`: strata knows amd64 and arm64"),
+        }
+    }
+
+    fn release_command(&self, d: &Distribution) -> Command {
+        Command::new(
+            format!("reading {}/dists/{}/InRelease", d.mirror, d.release),
+            ["strata-release", d.mirror.as_str(), d.release.as_str()],
+        )
+    }
+
+    fn release_epoch(&self, d: &Distribution, answer: &ReleaseAnswer, now: u64) -> Result<u64> {
+        let file = format!("{}/dists/{}/InRelease", d.mirror, d.release);
+        if !answer.reachable {
+            bail!(
+                "cannot reach the mirror {} (fetching {file} failed); check the network or the `mirror` key",
+                d.mirror
+            );
+        }
+        let date = parse_rfc2822(&answer.date)
+            .with_context(|| format!("{file} has no readable Date: field (`{}`)", answer.date))?;
+        if let Some(until) = parse_rfc2822(&answer.valid_until)
+            && until < now
+            && !d.allow_expired_release
+        {
+            bail!(
+                "{file} expired on {} (Valid-Until), so apt refuses it; a frozen snapshot of a mirror is like that. \
+                 If this mirror is meant to be frozen, set `allow-expired-release = true` in [distribution]",
+                answer.valid_until
+            );
+        }
+        Ok(date)
+    }
+
+    fn install_command(&self, d: &Distribution, packages: &[String], target: &str, epoch: u64) -> Command {
+        let mut argv = vec![
+            "env".to_string(),
+            format!("SOURCE_DATE_EPOCH={epoch}"),
+            "strata-install-root".into(),
+            d.mirror.clone(),
+            d.release.clone(),
+            d.components.join(","),
+            d.architecture.clone(),
+            packages.join(","),
+            target.into(),
+        ];
+        if d.allow_expired_release {
+            argv.push("allow-expired".into());
+        }
+        Command::new("installing the packages into the build root", argv)
+    }
+
+    fn missing_packages(&self, output: &str) -> Vec<String> {
+        missing_packages(output)
+    }
+
+    fn query_command(&self, target: &str) -> Command {
+        Command::new("listing the installed packages", ["strata-query-installed", target])
+    }
+
+    fn installed(&self, answer: &[u8]) -> Result<Vec<Package>> {
+        let raw: Vec<RawPackage> = serde_json::from_slice(answer)
+            .context("the installed-package list is not the JSON strata-query-installed writes")?;
+        Ok(raw.into_iter().map(RawPackage::into_package).collect())
+    }
+
+    fn state_paths(&self) -> &'static [&'static str] {
+        &[
+            "var/lib/dpkg",
+            "var/lib/apt",
+            "var/cache/apt",
+            "var/cache/debconf",
+            "var/log/apt",
+            "var/log/dpkg.log",
+        ]
+    }
+
+    fn kernel_fetch_command(&self, d: &Distribution, package: &str, firmware: &[String]) -> Command {
+        let mut argv = vec![
+            "strata-kernel-fetch".to_string(),
+            d.mirror.clone(),
+            d.release.clone(),
+            d.components.join(" "),
+            if d.allow_expired_release { "yes" } else { "no" }.into(),
+            package.into(),
+        ];
+        argv.extend(firmware.iter().cloned());
+        Command::new(format!("fetching the kernel package `{package}`"), argv)
+    }
+
+    fn kernel_assemble_command(&self, uname: &str) -> Command {
+        Command::new("assembling the modules layer", ["strata-kernel-assemble", uname])
+    }
 }
 
-/// Parse the installed packages of a dpkg status file.
-pub fn parse_status(text: &str) -> Vec<Package> {
-    let mut out = Vec::new();
-    for para in text.split("\n\n") {
-        let fields = parse_paragraph(para);
-        let installed = fields.get("Status").is_some_and(|s| s.ends_with(" installed"));
-        let Some(name) = fields.get("Package") else { continue };
-        if !installed {
-            continue;
+/// One package as `strata-query-installed` writes it.
+#[derive(Deserialize)]
+struct RawPackage {
+    name: String,
+    version: String,
+    architecture: String,
+    /// Pre-Depends and Depends, in dpkg's syntax.
+    depends: String,
+    provides: String,
+    files: Vec<String>,
+}
+
+impl RawPackage {
+    fn into_package(self) -> Package {
+        Package {
+            depends: parse_relations(&self.depends),
+            provides: parse_relations(&self.provides).into_iter().flatten().collect(),
+            files: self
+                .files
+                .iter()
+                .map(|f| canonical_path(f.trim_start_matches('/')))
+                .filter(|f| !f.is_empty() && f != ".")
+                .collect(),
+            name: self.name,
+            version: self.version,
+            architecture: self.architecture,
         }
-        let rel = |key: &str| -> Vec<Vec<String>> {
-            fields
-                .get(key)
-                .map(|v| {
-                    v.split(',')
-                        .map(|alts| {
-                            alts.split('|')
-                                .map(|a| package_name(a).to_string())
-                                .filter(|a| !a.is_empty())
-                                .collect()
-                        })
-                        .filter(|alts: &Vec<String>| !alts.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let mut depends = rel("Pre-Depends");
-        depends.extend(rel("Depends"));
-        let provides = rel("Provides").into_iter().flatten().collect();
-        out.push(Package {
-            name: name.clone(),
-            architecture: fields.get("Architecture").cloned().unwrap_or_default(),
-            version: fields.get("Version").cloned().unwrap_or_default(),
-            depends,
-            provides,
-        });
     }
-    out
+}
+
+/// `libc6 (>= 2.34), awk | mawk-virtual` → `[["libc6"], ["awk", "mawk-virtual"]]`.
+pub fn parse_relations(field: &str) -> Vec<Vec<String>> {
+    field
+        .split(',')
+        .map(|alts| {
+            alts.split('|')
+                .map(|a| package_name(a).to_string())
+                .filter(|a| !a.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .filter(|alts| !alts.is_empty())
+        .collect()
 }
 
 /// `libc6 (>= 2.34)` or `foo:any` → `libc6` / `foo`.
 fn package_name(relation: &str) -> &str {
     let name = relation.trim().split([' ', '(', '[']).next().unwrap_or("");
     name.split(':').next().unwrap_or("")
-}
-
-fn parse_paragraph(para: &str) -> HashMap<String, String> {
-    let mut fields = HashMap::new();
-    let mut current: Option<String> = None;
-    for line in para.lines() {
-        if line.starts_with([' ', '\t']) {
-            if let Some(k) = &current {
-                let v: &mut String = fields.get_mut(k).expect("current key was inserted");
-                v.push('\n');
-                v.push_str(line.trim());
-            }
-        } else if let Some((k, v)) = line.split_once(':') {
-            fields.insert(k.to_string(), v.trim().to_string());
-            current = Some(k.to_string());
-        }
-    }
-    fields
-}
-
-/// The installed packages reachable from `requested` through Depends/Pre-Depends. For a
-/// set of alternatives the first installed one is taken; virtual names resolve through
-/// Provides. Errors name a requested package that is not installed.
-pub fn closure(installed: &[Package], requested: &[String]) -> Result<BTreeSet<String>, String> {
-    let by_name: HashMap<&str, &Package> = installed.iter().map(|p| (p.name.as_str(), p)).collect();
-    let mut providers: HashMap<&str, Vec<&str>> = HashMap::new();
-    for p in installed {
-        for v in &p.provides {
-            providers.entry(v.as_str()).or_default().push(p.name.as_str());
-        }
-    }
-    let resolve = |name: &str| -> Option<&str> {
-        by_name
-            .get(name)
-            .map(|p| p.name.as_str())
-            .or_else(|| providers.get(name).and_then(|v| v.first().copied()))
-    };
-    let mut keep = BTreeSet::new();
-    let mut todo: Vec<String> = Vec::new();
-    for r in requested {
-        let p = resolve(r).ok_or_else(|| r.clone())?;
-        todo.push(p.to_string());
-    }
-    while let Some(name) = todo.pop() {
-        if !keep.insert(name.clone()) {
-            continue;
-        }
-        let pkg = by_name[name.as_str()];
-        for alts in &pkg.depends {
-            if let Some(p) = alts.iter().find_map(|a| resolve(a))
-                && !keep.contains(p)
-            {
-                todo.push(p.to_string());
-            }
-        }
-    }
-    Ok(keep)
-}
-
-/// What [`prune`] did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Pruned {
-    /// Packages whose files were removed.
-    pub packages: Vec<String>,
-    /// Number of paths removed.
-    pub paths: usize,
-}
-
-/// Remove from `layer` the files of installed packages outside `keep`, using the dpkg
-/// file lists in `var/lib/dpkg/info/`. Directories are removed only when no kept package
-/// lists them and nothing is left in them.
-pub fn prune(layer: &mut Layer, installed: &[Package], keep: &BTreeSet<String>) -> Pruned {
-    let list_of = |p: &Package| file_list(layer, p);
-    let mut kept_paths: BTreeSet<String> = BTreeSet::new();
-    let mut drop_paths: BTreeSet<String> = BTreeSet::new();
-    let mut pruned = Pruned::default();
-    for p in installed {
-        if keep.contains(&p.name) {
-            kept_paths.extend(list_of(p));
-        } else {
-            pruned.packages.push(p.name.clone());
-            drop_paths.extend(list_of(p));
-        }
-    }
-    let kept_paths: BTreeSet<String> = kept_paths.iter().map(|p| canonical_path(p)).collect();
-    let drop: BTreeSet<String> = drop_paths
-        .iter()
-        .map(|p| canonical_path(p))
-        .filter(|p| !kept_paths.contains(p))
-        .collect();
-    // Files first; then directories that became empty, deepest first.
-    let removed = layer.remove_where(|e| !matches!(e.kind, EntryKind::Dir) && drop.contains(&e.path));
-    pruned.paths += removed.len();
-    let mut dirs: Vec<&String> = drop
-        .iter()
-        .filter(|d| layer.get(d).is_some_and(|e| e.kind == EntryKind::Dir))
-        .collect();
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
-    for d in dirs {
-        let prefix = format!("{d}/");
-        let empty = !layer.entries().iter().any(|e| e.path.starts_with(&prefix));
-        if empty {
-            pruned.paths += layer.remove_where(|e| &e.path == d).len();
-        }
-    }
-    pruned
-}
-
-/// The paths dpkg lists for `p` (from `var/lib/dpkg/info/`), relative, as packaged.
-fn file_list(layer: &Layer, p: &Package) -> Vec<String> {
-    let candidates = [
-        format!("var/lib/dpkg/info/{}.list", p.name),
-        format!("var/lib/dpkg/info/{}:{}.list", p.name, p.architecture),
-    ];
-    candidates
-        .iter()
-        .find_map(|c| match layer.get(c).map(|e| &e.kind) {
-            Some(EntryKind::File { data }) => Some(
-                String::from_utf8_lossy(data)
-                    .lines()
-                    .map(|l| l.trim_start_matches('/').to_string())
-                    .filter(|l| !l.is_empty() && *l != ".")
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .unwrap_or_default()
 }
 
 /// dpkg lists paths as packaged (`/bin/sh`), the layer holds them as installed; with a
@@ -198,18 +239,6 @@ fn canonical_path(path: &str) -> String {
         }
     }
     path.to_string()
-}
-
-/// Which installed packages list each path (as the layer holds it), from the dpkg database
-/// in `layer`.
-pub fn owners(layer: &Layer, installed: &[Package]) -> HashMap<String, Vec<String>> {
-    let mut out: HashMap<String, Vec<String>> = HashMap::new();
-    for p in installed {
-        for path in file_list(layer, p) {
-            out.entry(canonical_path(&path)).or_default().push(p.name.clone());
-        }
-    }
-    out
 }
 
 /// The `Date:` of a Release/InRelease file as seconds since the epoch.
@@ -278,100 +307,42 @@ pub fn missing_packages(output: &str) -> Vec<String> {
     out.into_iter().collect()
 }
 
-/// `/etc/initrd-release` from the layer's os-release: the same fields, marked as an initrd
-/// variant. systemd takes the presence of this file to mean "running in the initrd".
-pub fn initrd_release(os_release: &str) -> String {
-    let mut fields: BTreeMap<usize, String> = BTreeMap::new();
-    let mut out = String::new();
-    for (i, line) in os_release.lines().enumerate() {
-        let key = line.split_once('=').map(|(k, _)| k.trim());
-        match key {
-            Some("VARIANT_ID") | Some("VARIANT") => continue,
-            Some("PRETTY_NAME") => {
-                let v = line.split_once('=').map(|(_, v)| v.trim_matches('"')).unwrap_or("");
-                fields.insert(i, format!("PRETTY_NAME=\"{v} (initrd)\""));
-            }
-            _ => {
-                fields.insert(i, line.to_string());
-            }
-        }
-    }
-    for line in fields.values() {
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.push_str("VARIANT=\"initrd (strata)\"\nVARIANT_ID=initrd\n");
-    out
-}
-
-/// The value of `key` in an os-release text.
-pub fn os_release_field(text: &str, key: &str) -> Option<String> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once('=')?;
-        (k.trim() == key).then(|| v.trim().trim_matches('"').to_string())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strata_format::layer::Entry;
+    use crate::distro::closure;
 
-    const STATUS: &str = "\
-Package: systemd
-Status: install ok installed
-Architecture: amd64
-Version: 257.9-1
-Depends: libc6 (>= 2.34), mount, libsystemd-shared (= 257.9-1)
-Pre-Depends: init-system-helpers
+    fn trixie() -> Distribution {
+        Distribution {
+            id: "debian".into(),
+            release: "trixie".into(),
+            mirror: DEFAULT_MIRROR.into(),
+            components: vec!["main".into(), "contrib".into()],
+            architecture: "amd64".into(),
+            allow_expired_release: false,
+        }
+    }
 
-Package: libc6
-Status: install ok installed
-Architecture: amd64
-Version: 2.41-12
-
-Package: mount
-Status: install ok installed
-Architecture: amd64
-Version: 2.41
-Depends: awk | mawk-virtual
-
-Package: mawk
-Status: install ok installed
-Architecture: amd64
-Version: 1.3.4
-Provides: awk
-
-Package: libsystemd-shared
-Status: install ok installed
-Architecture: amd64
-Version: 257.9-1
-
-Package: init-system-helpers
-Status: install ok installed
-Architecture: all
-Version: 1.68
-
-Package: dpkg
-Status: install ok installed
-Architecture: amd64
-Version: 1.22.21
-Depends: tar
-
-Package: tar
-Status: install ok installed
-Architecture: amd64
-Version: 1.35
-
-Package: removed-one
-Status: deinstall ok config-files
-Version: 1
-";
+    const ANSWER: &str = r#"[{"name":"systemd","version":"257.9-1","architecture":"amd64","depends":"init-system-helpers, libc6 (>= 2.34), mount, libsystemd-shared (= 257.9-1)","provides":"","files":["/.","/usr","/usr/bin","/usr/bin/systemctl","/bin/systemd"]},
+{"name":"libc6","version":"2.41-12","architecture":"amd64","depends":"","provides":"","files":["/."]},
+{"name":"mount","version":"2.41","architecture":"amd64","depends":"awk | mawk-virtual","provides":"","files":[]},
+{"name":"mawk","version":"1.3.4","architecture":"amd64","depends":"","provides":"awk (= 1.3.4)","files":[]},
+{"name":"libsystemd-shared","version":"257.9-1","architecture":"amd64","depends":"","provides":"","files":[]},
+{"name":"init-system-helpers","version":"1.68","architecture":"all","depends":"","provides":"","files":[]},
+{"name":"dpkg","version":"1.22.21","architecture":"amd64","depends":"tar","provides":"","files":["/usr/bin/dpkg"]},
+{"name":"tar","version":"1.35","architecture":"amd64","depends":"","provides":"","files":[]}]"#;
 
     #[test]
-    fn status_and_closure() {
-        let pkgs = parse_status(STATUS);
-        assert_eq!(pkgs.len(), 8, "config-files-only packages are not installed");
+    fn the_query_answer_gives_packages_relations_and_layer_paths() {
+        let pkgs = Debian.installed(ANSWER.replace('\n', "").as_bytes()).unwrap();
+        assert_eq!(pkgs.len(), 8);
+        assert_eq!(
+            pkgs[0].files,
+            ["usr", "usr/bin", "usr/bin/systemctl", "usr/bin/systemd"],
+            "merged /usr, no `/.`"
+        );
+        assert_eq!(pkgs[2].depends, [vec!["awk".to_string(), "mawk-virtual".into()]]);
+        assert_eq!(pkgs[3].provides, ["awk"]);
         let keep = closure(&pkgs, &["systemd".to_string()]).unwrap();
         let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
         assert_eq!(
@@ -385,42 +356,107 @@ Version: 1
                 "systemd"
             ]
         );
-        assert_eq!(closure(&pkgs, &["nope".to_string()]).unwrap_err(), "nope");
+        let err = Debian.installed(b"STRATA_X=1").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not the JSON strata-query-installed writes"),
+            "{err:#}"
+        );
     }
 
     #[test]
-    fn prune_removes_files_of_unrequested_packages() {
-        let pkgs = parse_status(STATUS);
-        let keep = closure(&pkgs, &["systemd".to_string()]).unwrap();
-        let mut layer = Layer::from_entries(vec![
-            Entry::file(
-                "var/lib/dpkg/info/dpkg.list",
-                "/.\n/usr\n/usr/bin\n/usr/bin/dpkg\n/usr/share/dpkg\n/usr/share/dpkg/x\n/bin/dpkg-deb\n",
-                0o644,
-                1,
-            ),
-            Entry::file(
-                "var/lib/dpkg/info/systemd.list",
-                "/.\n/usr\n/usr/bin\n/usr/bin/systemctl\n",
-                0o644,
-                1,
-            ),
-            Entry::file("usr/bin/dpkg", "d", 0o755, 1),
-            Entry::file("usr/bin/dpkg-deb", "d", 0o755, 1),
-            Entry::file("usr/bin/systemctl", "s", 0o755, 1),
-            Entry::file("usr/share/dpkg/x", "x", 0o644, 1),
-            Entry::symlink("bin", "usr/bin", 1),
-        ])
-        .unwrap();
-        let pruned = prune(&mut layer, &pkgs, &keep);
-        assert_eq!(pruned.packages, ["dpkg", "tar"]);
-        let paths: Vec<&str> = layer.entries().iter().map(|e| e.path.as_str()).collect();
-        assert!(paths.contains(&"usr/bin/systemctl") && paths.contains(&"usr/bin"));
+    fn commands_are_the_builder_scripts_with_the_set_s_values() {
+        let d = trixie();
+        let c = Debian.install_command(&d, &["systemd".into(), "udev".into()], "/root/target", 1_700_000_000);
+        assert_eq!(
+            c.argv,
+            [
+                "env",
+                "SOURCE_DATE_EPOCH=1700000000",
+                "strata-install-root",
+                DEFAULT_MIRROR,
+                "trixie",
+                "main,contrib",
+                "amd64",
+                "systemd,udev",
+                "/root/target"
+            ]
+        );
+        let expired = Distribution {
+            allow_expired_release: true,
+            ..trixie()
+        };
+        assert_eq!(
+            Debian.install_command(&expired, &[], "/t", 1).argv.last().unwrap(),
+            "allow-expired"
+        );
+        let k = Debian.kernel_fetch_command(&d, "linux-image-amd64", &["firmware-misc-nonfree".into()]);
+        assert_eq!(
+            k.argv,
+            [
+                "strata-kernel-fetch",
+                DEFAULT_MIRROR,
+                "trixie",
+                "main contrib",
+                "no",
+                "linux-image-amd64",
+                "firmware-misc-nonfree"
+            ]
+        );
+        assert_eq!(
+            Debian.release_command(&d).argv,
+            ["strata-release", DEFAULT_MIRROR, "trixie"]
+        );
+        // Every command is a script the builder image has.
+        for cmd in [
+            c.argv[2].as_str(),
+            k.argv[0].as_str(),
+            "strata-query-installed",
+            "strata-kernel-assemble",
+        ] {
+            assert!(
+                SCRIPTS.iter().any(|(p, _)| p.ends_with(cmd)),
+                "{cmd} is not in the builder context"
+            );
+        }
+    }
+
+    #[test]
+    fn the_epoch_is_the_release_date_and_an_expired_release_needs_the_key() {
+        let answer = |valid_until: &str| ReleaseAnswer {
+            reachable: true,
+            date: "Fri, 30 Oct 2026 08:08:01 UTC".into(),
+            valid_until: valid_until.into(),
+            suite: "testing".into(),
+            codename: "forky".into(),
+        };
+        let now = 1_796_000_000; // 2026-12-01
+        let fresh = answer("Fri, 06 Nov 2099 08:08:01 UTC");
+        assert_eq!(Debian.release_epoch(&trixie(), &fresh, now).unwrap(), 1_793_347_681);
+        let expired = answer("Fri, 06 Nov 2026 08:08:01 UTC");
+        let err = Debian.release_epoch(&trixie(), &expired, now).unwrap_err().to_string();
         assert!(
-            !paths
-                .iter()
-                .any(|p| p.contains("dpkg") && !p.starts_with("var/lib/dpkg")),
-            "{paths:?}"
+            err.contains("expired on Fri, 06 Nov 2026") && err.contains("allow-expired-release = true"),
+            "{err}"
+        );
+        let allowed = Distribution {
+            allow_expired_release: true,
+            ..trixie()
+        };
+        assert_eq!(
+            Debian.release_epoch(&allowed, &expired, now).unwrap(),
+            1_793_347_681,
+            "the epoch still comes from Date:"
+        );
+        let unreachable = ReleaseAnswer {
+            reachable: false,
+            ..fresh
+        };
+        assert!(
+            Debian
+                .release_epoch(&trixie(), &unreachable, now)
+                .unwrap_err()
+                .to_string()
+                .contains("cannot reach the mirror")
         );
     }
 
@@ -440,11 +476,13 @@ Version: 1
     }
 
     #[test]
-    fn initrd_release_marks_the_variant() {
-        let r = initrd_release("PRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"\nID=debian\nVERSION_ID=\"13\"\n");
-        assert!(r.contains("ID=debian\n") && r.contains("VERSION_ID=\"13\"\n"));
-        assert!(r.contains("VARIANT_ID=initrd\n"));
-        assert!(r.contains("PRETTY_NAME=\"Debian GNU/Linux 13 (trixie) (initrd)\""));
-        assert_eq!(os_release_field(&r, "VERSION_ID").as_deref(), Some("13"));
+    fn package_names_and_architectures() {
+        assert!(Debian.valid_package_name("libc6") && Debian.valid_package_name("g++-14"));
+        assert!(
+            !Debian.valid_package_name("Udev!") && !Debian.valid_package_name("a") && !Debian.valid_package_name("-x")
+        );
+        assert_eq!(Debian.architecture("amd64").unwrap().oci, oci_spec::image::Arch::Amd64);
+        assert_eq!(Debian.architecture("arm64").unwrap().oci, oci_spec::image::Arch::ARM64);
+        assert!(Debian.architecture("s390x").is_err());
     }
 }

@@ -11,14 +11,12 @@ use strata_format::layer::{Layer, ReadOptions};
 use tracing::{info, warn};
 
 use crate::digest::Digest;
+use crate::distro::{Assembled, KernelFetched, kernel_paths};
+use crate::engine::run::{self, Container};
 use crate::engine::{ContainerSpec, Engine};
 use crate::stage::kernel::select::{Metadata, ModuleIndex};
-use crate::stage::{Ctx, get_file, in_container, output_values, put_file, run_checked};
+use crate::stage::{Ctx, epoch, get_file, in_container, put_file};
 use crate::store::image as oci;
-
-const KERNEL_FETCH: &str = include_str!("../../distro/debian/scripts/kernel-fetch.sh");
-const KERNEL_ASSEMBLE: &str = include_str!("../../distro/debian/scripts/kernel-assemble.sh");
-const FETCH_RELEASE: &str = include_str!("../../distro/debian/scripts/fetch-release.sh");
 
 struct Fetched {
     version: String,
@@ -39,97 +37,35 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
         network: true,
         name_hint: "kernel".into(),
     };
-    let fetched = in_container(ctx.engine, ctx.cancel, &spec, async |id: &str| {
-        put_file(
-            ctx.engine,
-            id,
-            "/",
-            "strata-kernel-fetch.sh",
-            KERNEL_FETCH.as_bytes(),
-            0o755,
-        )
-        .await?;
-        put_file(
-            ctx.engine,
-            id,
-            "/",
-            "strata-kernel-assemble.sh",
-            KERNEL_ASSEMBLE.as_bytes(),
-            0o755,
-        )
-        .await?;
-        put_file(
-            ctx.engine,
-            id,
-            "/",
-            "strata-fetch-release.sh",
-            FETCH_RELEASE.as_bytes(),
-            0o755,
-        )
-        .await?;
-        let rel = ctx
-            .engine
-            .exec(
-                id,
-                &[
-                    "sh".into(),
-                    "/strata-fetch-release.sh".into(),
-                    d.mirror.clone(),
-                    d.release.clone(),
-                ],
-            )
-            .await?;
-        if rel.exit_code == 90 {
-            bail!(
-                "cannot reach the mirror {} (fetching dists/{}/InRelease failed)\n--- last output ---\n{}",
-                d.mirror,
-                d.release,
-                rel.tail_text()
-            );
-        }
-        let epoch = match ctx.epoch {
-            Some(e) => e,
-            None => crate::distro::debian::release_date(&String::from_utf8_lossy(&rel.stdout))
-                .with_context(|| format!("{}/dists/{}/InRelease has no readable Date: field", d.mirror, d.release))?,
-        };
-        let mut argv = vec![
-            "sh".into(),
-            "/strata-kernel-fetch.sh".into(),
-            d.mirror.clone(),
-            d.release.clone(),
-            d.components.join(" "),
-            k.package.clone(),
-        ];
-        argv.extend(k.firmware_packages.iter().cloned());
-        let out = ctx.engine.exec(id, &argv).await?;
-        if out.exit_code != 0 {
-            let missing = crate::distro::debian::missing_packages(&out.tail_text());
-            if !missing.is_empty() {
-                bail!(
-                    "kernel or firmware package {} not found in {}/{} ({})",
-                    missing.join(", "),
-                    d.id,
-                    d.release,
-                    d.mirror
-                );
+    let fetched = in_container(ctx.engine, ctx.cancel, &spec, async |c: &Container| {
+        let epoch = epoch(ctx, c).await?;
+        let fetch = ctx.distro.kernel_fetch_command(d, &k.package, &k.firmware_packages);
+        let kernel: KernelFetched = match run::run_json(ctx.engine, c, &fetch).await {
+            Ok(k) => k,
+            Err(e) => {
+                let missing = e
+                    .downcast_ref::<run::Failed>()
+                    .map(|f| ctx.distro.missing_packages(&f.tail))
+                    .unwrap_or_default();
+                if !missing.is_empty() {
+                    bail!(
+                        "kernel or firmware package {} not found in {}/{} ({})",
+                        missing.join(", "),
+                        d.id,
+                        d.release,
+                        d.mirror
+                    );
+                }
+                return Err(e);
             }
-            bail!(
-                "fetching the kernel package `{}` failed (exit code {}):\n--- last output ---\n{}",
-                k.package,
-                out.exit_code,
-                out.tail_text()
-            );
-        }
-        let version = output_values(&out.stdout, "STRATA_KERNEL_VERSION")
-            .pop()
-            .context("the kernel fetch script printed no version")?;
-        let package = output_values(&out.stdout, "STRATA_KERNEL_PACKAGE")
-            .pop()
-            .unwrap_or_default();
+        };
+        let version = kernel.uname.clone();
+        // `name=version` of the kernel package, as the layer's annotation has it.
+        let package = format!("{}={}", kernel.package, kernel.version);
         info!(%version, %package, "kernel unpacked");
 
         let meta = |f: &'static str| async move {
-            get_file(ctx.engine, id, &format!("/work/meta/{f}"))
+            get_file(ctx.engine, &c.id, &format!("{}/{f}", kernel_paths::META))
                 .await
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
         };
@@ -156,24 +92,25 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
             "modules selected"
         );
         let list = selection.paths.join("\n") + "\n";
-        put_file(ctx.engine, id, "/work", "selection.txt", list.as_bytes(), 0o644).await?;
-        let out = run_checked(
+        put_file(
             ctx.engine,
-            id,
-            "assembling the modules layer",
-            vec!["sh".into(), "/strata-kernel-assemble.sh".into(), version.clone()],
+            &c.id,
+            kernel_paths::SELECTION_DIR,
+            kernel_paths::SELECTION_FILE,
+            list.as_bytes(),
+            0o644,
         )
         .await?;
-        let missing_fw = output_values(&out.stdout, "STRATA_FIRMWARE_MISSING");
-        if !missing_fw.is_empty() {
+        let assembled: Assembled = run::run_json(ctx.engine, c, &ctx.distro.kernel_assemble_command(&version)).await?;
+        if !assembled.firmware_missing.is_empty() {
             warn!(
-                count = missing_fw.len(),
+                count = assembled.firmware_missing.len(),
                 "firmware referenced by selected modules is not provided by kernel.firmware-packages; it is left out"
             );
-            tracing::debug!(firmware = ?missing_fw, "missing firmware");
+            tracing::debug!(firmware = ?assembled.firmware_missing, "missing firmware");
         }
-        let modules_tar = ctx.engine.get_archive(id, "/out").await?;
-        let vmlinuz = get_file(ctx.engine, id, "/work/vmlinuz").await?;
+        let modules_tar = ctx.engine.get_archive(&c.id, kernel_paths::OUT).await?;
+        let vmlinuz = get_file(ctx.engine, &c.id, kernel_paths::IMAGE).await?;
         Ok(Fetched {
             version,
             package,

@@ -152,26 +152,7 @@ impl ExtensionRelease {
     }
 }
 
-/// The value of `key` in os-release text, unquoted (single or double quotes; backslash
-/// escapes inside double quotes).
-pub(super) fn os_release_field(text: &str, key: &str) -> Option<String> {
-    let value = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))?
-        .trim();
-    if let Some(v) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
-        return Some(v.to_owned());
-    }
-    let Some(inner) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) else {
-        return Some(value.to_owned());
-    };
-    let mut out = String::new();
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        out.push(if c == '\\' { chars.next().unwrap_or('\\') } else { c });
-    }
-    Some(out)
-}
+pub(super) use crate::os_release::field as os_release_field;
 
 /// A value as os-release(5) wants it: bare if only safe characters, else double-quoted
 /// with `"`, `\`, `$` and `` ` `` escaped.
