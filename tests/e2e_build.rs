@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 
 use e2e::*;
 
-const MARKER: &str = "STRATA-ROOT-REACHED";
-
 /// `strata build` of the kernel and initrd only (the extensions are tests/e2e_sysext.rs's).
 fn build_initrd(set: &Path, cache: &Path, out: &Path, env: &[(&str, &str)]) -> std::process::Output {
     build_with(set, cache, out, env, &["--no-extensions"])
@@ -62,72 +60,6 @@ fn cpio_list(member: &[u8]) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
-}
-
-/// A root disk whose /sbin/init prints the marker and powers off.
-fn root_disk(dir: &Path) -> PathBuf {
-    let tree = dir.join("rootfs");
-    for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp"] {
-        std::fs::create_dir_all(tree.join(d)).unwrap();
-    }
-    let busybox = support::tool("busybox");
-    std::fs::copy(busybox, tree.join("bin/busybox")).unwrap();
-    let init = tree.join("sbin/init");
-    std::fs::write(
-        &init,
-        format!("#!/bin/busybox sh\n/bin/busybox echo {MARKER}\n/bin/busybox sync\n/bin/busybox poweroff -f\n"),
-    )
-    .unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&init).unwrap().permissions(), 0o755);
-    Command::new("chmod")
-        .args(["0755", init.to_str().unwrap()])
-        .status()
-        .unwrap();
-    std::fs::write(
-        tree.join("etc/os-release"),
-        "ID=strata-test\nNAME=\"strata test root\"\n",
-    )
-    .unwrap();
-    let img = dir.join("root.img");
-    let st = Command::new(support::tool("mke2fs"))
-        .args(["-q", "-t", "ext4", "-d"])
-        .arg(&tree)
-        .arg(&img)
-        .arg("32M")
-        .status()
-        .unwrap();
-    assert!(st.success(), "mke2fs -d failed");
-    img
-}
-
-/// Boot kernel + initrd with the root disk under qemu (TCG); returns the console output.
-fn boot(kernel: &Path, initrd: &Path, disk: &Path) -> String {
-    let start = Instant::now();
-    let out = Command::new("timeout")
-        .args([
-            "300",
-            "qemu-system-x86_64",
-            "-m",
-            "1024",
-            "-nographic",
-            "-no-reboot",
-            "-kernel",
-        ])
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw", disk.display()))
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 systemd.show_status=1 root=/dev/vda rw",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let console = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!("qemu exited {} after {:.1?}", out.status, start.elapsed());
-    console
 }
 
 #[test]

@@ -11,12 +11,10 @@
 mod e2e;
 mod support;
 
-use std::io::{BufRead as _, BufReader, Read as _};
-use std::os::unix::fs::PermissionsExt as _;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use e2e::*;
 
@@ -44,9 +42,6 @@ const CURATED: [(&str, &[&str]); 5] = [
         ],
     ),
 ];
-
-/// What the extension's command prints in the booted initrd.
-const RAN: &str = "STRATA-EXT-RAN:";
 
 struct Signed {
     dir: PathBuf,
@@ -337,128 +332,13 @@ fn curated_extensions_pass_the_reference_tools() {
 
 // ---- merged (or refused) by systemd in the booted initrd ---------------------------------
 
-/// An extra initrd member as systemd-stub would add one: `image` at
-/// `/.extra/sysext/network.sysext.raw`, plus a unit that runs the extension's `sshd -V`
-/// after systemd-sysext and a drop-in that makes systemd-sysext say why it refuses.
-fn extra_member(dir: &Path, image: &Path) -> PathBuf {
-    let tree = dir.join("extra");
-    let sysext = tree.join(".extra/sysext");
-    std::fs::create_dir_all(&sysext).unwrap();
-    let copy = sysext.join("network.sysext.raw");
-    std::fs::copy(image, &copy).unwrap();
-    let units = tree.join("etc/systemd/system");
-    std::fs::create_dir_all(units.join("initrd.target.wants")).unwrap();
-    std::fs::create_dir_all(units.join("systemd-sysext.service.d")).unwrap();
-    std::fs::write(
-        units.join("strata-e2e-ext.service"),
-        format!(
-            "[Unit]\nDescription=strata e2e: run the extension's sshd\nDefaultDependencies=no\n\
-             After=systemd-sysext.service\nBefore=initrd.target\n\n[Service]\nType=oneshot\n\
-             ExecStart=/usr/bin/bash -c 'echo \"{RAN} $$(/usr/sbin/sshd -V 2>&1)\"'\n\
-             StandardOutput=journal+console\nStandardError=journal+console\n"
-        ),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink(
-        "../strata-e2e-ext.service",
-        units.join("initrd.target.wants/strata-e2e-ext.service"),
-    )
-    .unwrap();
-    std::fs::write(
-        units.join("systemd-sysext.service.d/debug.conf"),
-        "[Service]\nEnvironment=SYSTEMD_LOG_LEVEL=debug SYSTEMD_LOG_TARGET=console\nStandardError=journal+console\n",
-    )
-    .unwrap();
-    // systemd-stub's modes: directories 0555, the image 0444.
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o444)).unwrap();
-    for d in [&sysext, &tree.join(".extra")] {
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o555)).unwrap();
-    }
-    let member = dir.join("extra.cpio");
-    let o = strata(
-        &[
-            "cpio",
-            tree.to_str().unwrap(),
-            "-o",
-            member.to_str().unwrap(),
-            "--compression",
-            "none",
-        ],
-        &[],
-        &[],
-    );
-    assert_ok(&o, "strata cpio of the extra member");
-    member
-}
-
-/// Boot the build's kernel with its initrd plus [`extra_member`] of `image`, without a root
-/// disk, until the extension's command has run; returns the console.
-fn boot_with(s: &Signed, image: &Path) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let member = extra_member(dir.path(), image);
-    let mut initrd = std::fs::read(product_file(&s.out, "initrd")).unwrap();
-    initrd.resize(initrd.len().next_multiple_of(4), 0);
-    initrd.extend(std::fs::read(&member).unwrap());
-    let combined = dir.path().join("initrd.img");
-    std::fs::write(&combined, initrd).unwrap();
-    let start = Instant::now();
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-m", "1536", "-nographic", "-no-reboot", "-kernel"])
-        .arg(product_file(&s.out, "kernel"))
-        .arg("-initrd")
-        .arg(&combined)
-        .args(["-append", "console=ttyS0 panic=-1 systemd.show_status=1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A watchdog: qemu is killed after the deadline even if the console stays silent.
-    let (done, stop) = std::sync::mpsc::channel::<()>();
-    let pid = nix::unistd::Pid::from_raw(qemu.id() as i32);
-    let watchdog = std::thread::spawn(move || {
-        if stop.recv_timeout(Duration::from_secs(480)).is_err() {
-            eprintln!("qemu ran past 480 s; killing it");
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-    });
-    let mut console = String::new();
-    for line in BufReader::new(qemu.stdout.take().unwrap()).split(b'\n') {
-        let Ok(line) = line else { break };
-        let line = String::from_utf8_lossy(&line).into_owned();
-        console.push_str(&line);
-        console.push('\n');
-        if line.contains(RAN) && !line.contains("echo") {
-            break;
-        }
-    }
-    qemu.kill().unwrap();
-    qemu.wait().unwrap();
-    done.send(()).unwrap();
-    watchdog.join().unwrap();
-    eprintln!("qemu stopped after {:.1?}", start.elapsed());
-    console
-}
-
-fn tail(console: &str) -> String {
-    let lines: Vec<&str> = console.lines().collect();
-    lines[lines.len().saturating_sub(80)..].join("\n")
-}
-
-/// The line the extension's command printed.
-fn ran_line(console: &str) -> &str {
-    console
-        .lines()
-        .find(|l| l.contains(RAN) && !l.contains("echo"))
-        .unwrap_or_else(|| panic!("the check unit never ran:\n{}", tail(console)))
-}
-
 #[test]
 #[ignore = "e2e: needs podman, the Debian mirror, qemu-system-x86_64 (run with --include-ignored; ci/test.sh does)"]
 fn signed_extension_is_merged_in_the_booted_initrd() {
     let _s = serial();
     require_tools(&["podman", "qemu-system-x86_64"]);
     let s = signed();
-    let console = boot_with(s, &s.out.join("network.sysext.raw"));
+    let console = boot_with(&s.out, &s.out.join("network.sysext.raw"));
     assert!(
         console.contains("Userspace PKCS#7 validation succeeded"),
         "no signature check:\n{}",
@@ -498,7 +378,7 @@ fn tampered_extension_is_refused_by_dm_verity() {
     bytes[at] ^= 0x5a;
     let tampered = dir.path().join("network.sysext.raw");
     std::fs::write(&tampered, bytes).unwrap();
-    let console = boot_with(s, &tampered);
+    let console = boot_with(&s.out, &tampered);
     assert!(
         console.contains("Verity device detected corruption"),
         "dm-verity did not report the flipped byte:\n{}",
@@ -531,7 +411,7 @@ fn unsigned_extension_is_refused_by_the_signed_initrd() {
         stderr(&o)
     );
     assert_eq!(sysext_entry(&out, "network")["signed"], false);
-    let console = boot_with(s, &out.join("network.sysext.raw"));
+    let console = boot_with(&s.out, &out.join("network.sysext.raw"));
     assert!(
         console.contains("'signed+absent' was required"),
         "no policy refusal:\n{}",
@@ -568,7 +448,7 @@ fn erofs_extension_is_checked_and_merged_in_the_booted_initrd() {
     );
     let (ok, text) = run(Command::new("fsck.erofs").arg(&data));
     assert!(ok, "fsck.erofs: {text}");
-    let console = boot_with(s, &image);
+    let console = boot_with(&s.out, &image);
     assert!(
         console.contains("Merged extensions into '/usr'"),
         "the erofs extension was not merged:\n{}",

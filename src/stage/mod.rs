@@ -115,7 +115,10 @@ pub(crate) async fn get_file<E: Engine>(engine: &E, id: &str, path: &str) -> Res
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod helper_tests {
     use super::*;
     use crate::engine::fake::{Call, Fake};
     use anyhow::bail;
