@@ -148,6 +148,19 @@ fn initrd_members_list_with_gnu_cpio() {
         let path = format!("usr/lib/modules/{version}/{m}");
         assert!(modules.iter().any(|p| p == &path), "modules member lacks {path}");
     }
+    // The kernel unpacks each member on its own: every entry's parent directory must be in
+    // the same member, as GNU cpio lists it.
+    for (name, list) in [("base", &base), ("modules", &modules)] {
+        let present: std::collections::HashSet<&str> = list.iter().map(String::as_str).collect();
+        for entry in list.iter() {
+            if let Some((parent, _)) = entry.rsplit_once('/') {
+                assert!(
+                    present.contains(parent),
+                    "{name} member: `{entry}` without its parent directory `{parent}`"
+                );
+            }
+        }
+    }
 }
 
 #[test]

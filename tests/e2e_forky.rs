@@ -1,0 +1,179 @@
+//! The distribution boundary, proven by a second layer set: `layers/debian-forky` (Debian's
+//! next release on this mirror: systemd 262, kernel 7.2, a split kernel package, an expired
+//! Release file, an os-release without VERSION_ID) builds with configuration only, its
+//! kernel and initrd boot under qemu to the test root, and its signed network extension is
+//! merged in the booted initrd.
+
+mod e2e;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use e2e::*;
+
+fn forky_set() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("layers/debian-forky")
+}
+
+struct Built {
+    out: PathBuf,
+}
+
+/// The forky set with its network extension, signed with a `strata keygen` key, built once
+/// from an empty cache.
+fn built() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("strata-e2e-forky-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let keys = dir.join("keys");
+        assert_ok(
+            &strata(&["keygen", "-o", keys.to_str().unwrap()], &[], &[]),
+            "strata keygen",
+        );
+        let (key, cert) = (keys.join("sysext.key"), keys.join("sysext.crt"));
+        let o = build_with(
+            &forky_set(),
+            &dir.join("cache"),
+            &dir.join("out"),
+            &[],
+            &["--key", key.to_str().unwrap(), "--cert", cert.to_str().unwrap()],
+        );
+        assert_ok(&o, "building layers/debian-forky");
+        Built { out: dir.join("out") }
+    })
+}
+
+#[test]
+#[ignore = "e2e: needs podman, the Debian mirror (forky) (run with --include-ignored; ci/test.sh does)"]
+fn without_allow_expired_release_the_error_says_what_to_set() {
+    let _s = serial();
+    require_tools(&["podman"]);
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set");
+    std::fs::create_dir_all(&set).unwrap();
+    let base = std::fs::read_to_string(forky_set().join("base.toml")).unwrap();
+    assert!(
+        base.contains("\nallow-expired-release = true\n"),
+        "the forky set accepts its expired Release file"
+    );
+    std::fs::write(
+        set.join("base.toml"),
+        base.replace("\nallow-expired-release = true\n", "\n"),
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let o = build(&set, &cache, &dir.path().join("out"), &[]);
+    assert!(
+        !o.status.success(),
+        "an expired Release file must not be accepted silently"
+    );
+    let err = stderr(&o);
+    assert!(err.contains("dists/forky/InRelease expired on"), "{err}");
+    assert!(
+        err.contains("set `allow-expired-release = true` in [distribution]"),
+        "{err}"
+    );
+    let index = std::fs::read_to_string(cache.join("oci/index.json")).unwrap_or_default();
+    assert!(!index.contains("strata.base."), "nothing is stored: {index}");
+}
+
+#[test]
+#[ignore = "e2e: needs podman, the Debian mirror (forky), qemu-system-x86_64, mke2fs, busybox (run with --include-ignored; ci/test.sh does)"]
+fn forky_boots_to_the_test_root() {
+    let _s = serial();
+    require_tools(&["podman", "qemu-system-x86_64", "mke2fs", "busybox"]);
+    let b = built();
+    let p = products(&b.out);
+    let kernel = p["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["kind"] == "kernel")
+        .unwrap();
+    assert!(
+        kernel["version"].as_str().unwrap().starts_with("7."),
+        "forky's kernel: {kernel}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let disk = root_disk(dir.path());
+    let console = boot(&product_file(&b.out, "kernel"), &product_file(&b.out, "initrd"), &disk);
+    let t = tail(&console);
+    let systemd = console
+        .lines()
+        .find(|l| l.contains("systemd 26") && l.contains("running in system mode"))
+        .unwrap_or_else(|| panic!("forky's systemd did not start:\n{t}"));
+    eprintln!("{systemd}");
+    let in_initrd = console
+        .find("Running in initrd.")
+        .unwrap_or_else(|| panic!("not in the initrd:\n{t}"));
+    let switch = console
+        .find("initrd-switch-root.service")
+        .unwrap_or_else(|| panic!("no switch-root:\n{t}"));
+    let marker = console
+        .find(MARKER)
+        .unwrap_or_else(|| panic!("the root's /sbin/init never ran:\n{t}"));
+    assert!(in_initrd < switch && switch < marker, "boot steps out of order:\n{t}");
+}
+
+#[test]
+#[ignore = "e2e: needs podman, the Debian mirror (forky), qemu-system-x86_64 (run with --include-ignored; ci/test.sh does)"]
+fn forky_merges_its_signed_network_extension() {
+    let _s = serial();
+    require_tools(&["podman", "qemu-system-x86_64"]);
+    let b = built();
+    let image = b.out.join("network.sysext.raw");
+    let console = boot_with(&b.out, &image);
+    let t = tail(&console);
+    assert!(console.contains("Merged extensions into '/usr'"), "not merged:\n{t}");
+    let ran = ran_line(&console);
+    assert!(ran.contains("OpenSSH_"), "the extension's sshd did not run: {ran}\n{t}");
+    // The extension-release carries ID only: forky's os-release has no VERSION_ID.
+    let listing = std::process::Command::new(support::tool("unsquashfs"))
+        .arg("-cat")
+        .arg(extract_root(&image, dir_for(&b.out)))
+        .arg("usr/lib/extension-release.d/extension-release.network")
+        .output()
+        .unwrap();
+    assert!(
+        listing.status.success(),
+        "unsquashfs: {}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+    let release = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        release.contains("ID=debian") && !release.contains("VERSION_ID"),
+        "{release}"
+    );
+}
+
+/// A scratch directory beside the build's products.
+fn dir_for(out: &Path) -> PathBuf {
+    let d = out.with_file_name("scratch");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The root (data) partition of a DDI, extracted to a file with `sfdisk --json` offsets.
+fn extract_root(image: &Path, dir: PathBuf) -> PathBuf {
+    let out = std::process::Command::new(support::tool("sfdisk"))
+        .arg("--json")
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let part = &table["partitiontable"]["partitions"][0];
+    let (start, size) = (
+        part["start"].as_u64().unwrap() * 512,
+        part["size"].as_u64().unwrap() * 512,
+    );
+    let data = std::fs::read(image).unwrap();
+    let path = dir.join("root.squashfs");
+    std::fs::write(&path, &data[start as usize..(start + size) as usize]).unwrap();
+    path
+}
