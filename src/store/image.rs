@@ -9,8 +9,7 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 use oci_spec::image::{
-    ConfigBuilder, DescriptorBuilder, ImageConfigurationBuilder, ImageManifest, ImageManifestBuilder, MediaType,
-    RootFsBuilder,
+    ConfigBuilder, ImageConfigurationBuilder, ImageManifest, ImageManifestBuilder, MediaType, RootFsBuilder,
 };
 use strata_format::layer::Layer;
 
@@ -45,16 +44,9 @@ pub fn read_layer_blob(store: &Store, digest: &Digest) -> Result<Layer> {
     super::layer::read(store, digest)
 }
 
-fn oci_digest(d: &Digest) -> oci_spec::image::Digest {
-    d.to_string().parse().expect("our digests are valid OCI digests")
-}
-
-fn descriptor(media_type: MediaType, digest: &Digest, size: u64) -> Result<oci_spec::image::Descriptor> {
-    Ok(DescriptorBuilder::default()
-        .media_type(media_type)
-        .digest(oci_digest(digest))
-        .size(size)
-        .build()?)
+/// A descriptor inside a manifest.
+fn descriptor(media_type: impl Into<String>, digest: &Digest, size: u64) -> oci_spec::image::Descriptor {
+    Descriptor::new(media_type, digest.clone(), size).to_oci()
 }
 
 /// The OCI annotations every layer manifest carries: `created` (from the layer's epoch),
@@ -99,11 +91,8 @@ fn put_manifest(
     let bytes = canonical_json(manifest);
     let digest = store.put_blob(&bytes)?;
     let desc = Descriptor {
-        media_type: MediaType::ImageManifest.to_string(),
-        digest,
-        size: bytes.len() as u64,
         artifact_type: artifact_type.map(str::to_string),
-        annotations: HashMap::new(),
+        ..Descriptor::new(MediaType::ImageManifest.to_string(), digest, bytes.len() as u64)
     };
     store.set_ref(name, desc.clone())?;
     Ok(desc)
@@ -135,11 +124,11 @@ pub fn put_image(
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
         .config(descriptor(
-            MediaType::ImageConfig,
+            MediaType::ImageConfig.to_string(),
             &config_digest,
             config_bytes.len() as u64,
-        )?)
-        .layers(vec![descriptor(MediaType::ImageLayerZstd, &blob.digest, blob.size)?])
+        ))
+        .layers(vec![blob.descriptor().to_oci()])
         .annotations(annotations)
         .build()?;
     put_manifest(store, name, &manifest, None)
@@ -156,13 +145,13 @@ pub fn put_artifact(
     let empty = store.put_blob(b"{}")?;
     let layers = layers
         .iter()
-        .map(|(mt, d, size)| descriptor(MediaType::Other(mt.clone()), d, *size))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|(mt, d, size)| descriptor(mt.as_str(), d, *size))
+        .collect::<Vec<_>>();
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
         .artifact_type(MediaType::Other(artifact_type.into()))
-        .config(descriptor(MediaType::EmptyJSON, &empty, 2)?)
+        .config(descriptor(MediaType::EmptyJSON.to_string(), &empty, 2))
         .layers(layers)
         .annotations(annotations)
         .build()?;
@@ -259,5 +248,83 @@ mod tests {
         assert!(!verify(&store, "t").unwrap());
         assert!(!store.has_blob(&d));
         assert!(!verify(&store, "missing").unwrap());
+    }
+
+    /// The manifests' bytes, pinned: a layer pushed again must be the same manifest, so
+    /// that a push of an unchanged build uploads nothing.
+    #[test]
+    fn manifest_bytes_known_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let layer = Layer::from_entries(vec![strata_format::layer::Entry::file("etc/x", "y", 0o644, 5)]).unwrap();
+        let blob = put_layer_blob(&store, &layer).unwrap();
+        let image = put_image(&store, "t", &blob, 5, HashMap::from([(ANN_EPOCH.into(), "5".into())])).unwrap();
+        let text = |d: &Digest| String::from_utf8(store.read_blob(d).unwrap()).unwrap();
+        // The bytes the hand-built descriptors (DescriptorBuilder) gave before
+        // store::Descriptor::to_oci made them.
+        assert_eq!(
+            text(&image.digest),
+            concat!(
+                r#"{"annotations":{"io.strata.epoch":"5"},"config":{"digest":"#,
+                r#""sha256:00ad7393beac0f31c3489563b0352d49e4c42416d45034bd8f6b7d59679b54b4","#,
+                r#""mediaType":"application/vnd.oci.image.config.v1+json","size":196},"#,
+                r#""layers":[{"digest":"sha256:808dcfbba2d97caeff6de7c03063b59e36bb2cc949c82b810fc7617a53d4827a","#,
+                r#""mediaType":"application/vnd.oci.image.layer.v1.tar+zstd","size":115}],"#,
+                r#""mediaType":"application/vnd.oci.image.manifest.v1+json","schemaVersion":2}"#
+            )
+        );
+        let manifest: ImageManifest = store.read_json(&image.digest).unwrap();
+        assert_eq!(
+            text(&layer_digest(manifest.config()).unwrap().0),
+            concat!(
+                r#"{"architecture":"amd64","config":{},"created":"1970-01-01T00:00:05Z","os":"linux","#,
+                r#""rootfs":{"diff_ids":["sha256:7c4a07a8b72e89c2ff7534e3d63d4e9bd73c39aad8d2b17f09438534a7d636dd"],"#,
+                r#""type":"layers"}}"#
+            )
+        );
+        let kernel = put_artifact(
+            &store,
+            "k",
+            KERNEL_ARTIFACT,
+            &[
+                (KERNEL_IMAGE.to_string(), Digest::of(b"vmlinuz"), 7),
+                (MediaType::ImageLayerZstd.to_string(), blob.digest.clone(), blob.size),
+            ],
+            HashMap::from([(ANN_KERNEL_VERSION.into(), "6.12".into())]),
+        )
+        .unwrap();
+        assert_eq!(
+            text(&kernel.digest),
+            concat!(
+                r#"{"annotations":{"io.strata.kernel.version":"6.12"},"#,
+                r#""artifactType":"application/vnd.strata.kernel.v1","config":{"#,
+                r#""digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","#,
+                r#""mediaType":"application/vnd.oci.empty.v1+json","size":2},"layers":[{"#,
+                r#""digest":"sha256:42f083196bf0997a4f9c37295e311eb5012aa59e383c15b8ba466070af14cd8f","#,
+                r#""mediaType":"application/vnd.strata.kernel.image.v1","size":7},{"#,
+                r#""digest":"sha256:808dcfbba2d97caeff6de7c03063b59e36bb2cc949c82b810fc7617a53d4827a","#,
+                r#""mediaType":"application/vnd.oci.image.layer.v1.tar+zstd","size":115}],"#,
+                r#""mediaType":"application/vnd.oci.image.manifest.v1+json","schemaVersion":2}"#
+            )
+        );
+        assert_eq!(
+            store.get_ref("k").unwrap().unwrap().artifact_type.as_deref(),
+            Some(KERNEL_ARTIFACT)
+        );
+        // The descriptors are the very values the builder made before.
+        for (mt, d, size) in [
+            (MediaType::ImageConfig, Digest::of(b"c"), 196),
+            (MediaType::ImageLayerZstd, blob.digest.clone(), blob.size),
+            (MediaType::EmptyJSON, Digest::of(b"{}"), 2),
+            (MediaType::Other(KERNEL_IMAGE.into()), Digest::of(b"vmlinuz"), 7),
+        ] {
+            let built = oci_spec::image::DescriptorBuilder::default()
+                .media_type(mt.clone())
+                .digest(d.to_string().parse::<oci_spec::image::Digest>().unwrap())
+                .size(size)
+                .build()
+                .unwrap();
+            assert_eq!(descriptor(mt.to_string(), &d, size), built);
+        }
     }
 }

@@ -21,9 +21,10 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use oci_spec::image::{ImageIndex, MediaType};
 use sha2::{Digest as _, Sha256};
 
-use crate::digest::{Digest, canonical_json};
+use crate::digest::{BadDigest, Digest, canonical_json};
 
 /// The annotation naming a manifest in `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -59,7 +60,16 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
     }
 }
 
-/// A descriptor as stored in `index.json` and manifests.
+/// The descriptor strata hands around: a blob or manifest of the store (the entries of
+/// `index.json`, what [`Store::get_ref`] gives, what the registry code pushes and pulls),
+/// with a validated sha256 [`Digest`].
+///
+/// Manifests and indexes themselves are oci-spec's types (`ImageManifest`, `ImageIndex`),
+/// whose descriptors are oci-spec's: [`Descriptor::to_oci`] and [`Descriptor::from_oci`]
+/// are the one place the two meet. This type stays beside oci-spec's because its digest is
+/// a checked `sha256:` one (the store is addressed by it) and its fields are plain data
+/// that callers (and the integration tests) build and read directly. Both serialize to the
+/// same JSON.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
@@ -83,16 +93,43 @@ impl Descriptor {
             annotations: HashMap::new(),
         }
     }
+
+    /// As oci-spec's descriptor (no annotations unless there are some, as serialized here).
+    pub fn to_oci(&self) -> oci_spec::image::Descriptor {
+        let digest: oci_spec::image::Digest = self
+            .digest
+            .to_string()
+            .parse()
+            .expect("a sha256 digest is a valid OCI digest");
+        let mut d = oci_spec::image::Descriptor::new(self.media_type.as_str().into(), self.size, digest);
+        d.set_artifact_type(self.artifact_type.as_deref().map(Into::into));
+        if !self.annotations.is_empty() {
+            d.set_annotations(Some(self.annotations.clone()));
+        }
+        d
+    }
+
+    /// From oci-spec's descriptor: its media type, digest (which must be sha256), size,
+    /// `artifactType` and annotations (`urls`, `platform` and `data` are not kept).
+    pub fn from_oci(d: &oci_spec::image::Descriptor) -> Result<Descriptor, BadDigest> {
+        Ok(Descriptor {
+            media_type: d.media_type().to_string(),
+            digest: d.digest().to_string().parse()?,
+            size: d.size(),
+            artifact_type: d.artifact_type().as_ref().map(ToString::to_string),
+            annotations: d.annotations().clone().unwrap_or_default(),
+        })
+    }
 }
 
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Index {
-    schema_version: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    media_type: Option<String>,
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
+/// A descriptor of a manifest or index, as oci-spec parsed it, in strata's type; a digest
+/// other than sha256 is a JSON error (as it was when strata parsed manifests itself).
+pub fn descriptors<'a>(
+    list: impl IntoIterator<Item = &'a oci_spec::image::Descriptor>,
+) -> Result<Vec<Descriptor>, serde_json::Error> {
+    list.into_iter()
+        .map(|d| Descriptor::from_oci(d).map_err(<serde_json::Error as serde::de::Error>::custom))
+        .collect()
 }
 
 /// An OCI image layout on disk.
@@ -114,11 +151,8 @@ impl Store {
         }
         let index = root.join("index.json");
         if !index.exists() {
-            let empty = Index {
-                schema_version: 2,
-                media_type: Some("application/vnd.oci.image.index.v1+json".into()),
-                manifests: vec![],
-            };
+            let mut empty = ImageIndex::default();
+            empty.set_media_type(Some(MediaType::ImageIndex));
             write_atomic(&index, &canonical_json(&empty))?;
         }
         Ok(Store {
@@ -207,9 +241,8 @@ impl Store {
 
     /// The manifest descriptor named `name`, if any.
     pub fn get_ref(&self, name: &str) -> Result<Option<Descriptor>, Error> {
-        let index = self.read_index()?;
-        Ok(index
-            .manifests
+        let (_, manifests) = self.read_index()?;
+        Ok(manifests
             .into_iter()
             .find(|d| d.annotations.get(REF_NAME).is_some_and(|n| n == name)))
     }
@@ -219,23 +252,26 @@ impl Store {
         let lock_path = self.root.join("index.lock");
         let lock = File::create(&lock_path).map_err(io_at(&lock_path))?;
         lock.lock().map_err(io_at(&lock_path))?;
-        let mut index = self.read_index()?;
-        index
-            .manifests
-            .retain(|d| d.annotations.get(REF_NAME).is_none_or(|n| n != name));
+        let (mut index, mut manifests) = self.read_index()?;
+        manifests.retain(|d| d.annotations.get(REF_NAME).is_none_or(|n| n != name));
         desc.annotations.insert(REF_NAME.into(), name.into());
-        index.manifests.push(desc);
-        index
-            .manifests
-            .sort_by(|a, b| a.annotations.get(REF_NAME).cmp(&b.annotations.get(REF_NAME)));
+        manifests.push(desc);
+        manifests.sort_by(|a, b| a.annotations.get(REF_NAME).cmp(&b.annotations.get(REF_NAME)));
+        index.set_manifests(manifests.iter().map(Descriptor::to_oci).collect());
         write_atomic(&self.root.join("index.json"), &canonical_json(&index))?;
         Ok(())
     }
 
-    fn read_index(&self) -> Result<Index, Error> {
+    /// `index.json`, and its manifests in strata's descriptor type.
+    fn read_index(&self) -> Result<(ImageIndex, Vec<Descriptor>), Error> {
         let path = self.root.join("index.json");
         let data = fs::read(&path).map_err(io_at(&path))?;
-        serde_json::from_slice(&data).map_err(|source| Error::BadIndex { path, source })
+        let parsed =
+            serde_json::from_slice::<ImageIndex>(&data).and_then(|index| Ok((descriptors(index.manifests())?, index)));
+        match parsed {
+            Ok((manifests, index)) => Ok((index, manifests)),
+            Err(source) => Err(Error::BadIndex { path, source }),
+        }
     }
 }
 
@@ -427,5 +463,50 @@ mod tests {
             serde_json::from_slice(&fs::read(dir.path().join("index.json")).unwrap()).unwrap();
         assert_eq!(index["schemaVersion"], 2);
         assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
+    }
+
+    /// `index.json` through oci-spec's `ImageIndex` has the bytes of the hand-written
+    /// `Index` it replaced.
+    #[test]
+    fn index_json_bytes_are_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let read = || String::from_utf8(fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+        assert_eq!(
+            read(),
+            r#"{"manifests":[],"mediaType":"application/vnd.oci.image.index.v1+json","schemaVersion":2}"#
+        );
+        let mut d = Descriptor::new("application/vnd.strata.initrd.member.v1", Digest::of(b"m"), 1);
+        d.annotations.insert("io.strata.layer".into(), "x".into());
+        store.set_ref("m", d).unwrap();
+        let mut a = Descriptor::new("application/vnd.oci.image.manifest.v1+json", Digest::of(b"a"), 2);
+        a.artifact_type = Some("application/vnd.strata.kernel.v1".into());
+        store.set_ref("a", a.clone()).unwrap();
+        assert_eq!(
+            read(),
+            format!(
+                concat!(
+                    r#"{{"manifests":[{{"annotations":{{"org.opencontainers.image.ref.name":"a"}},"#,
+                    r#""artifactType":"application/vnd.strata.kernel.v1","digest":"{}","#,
+                    r#""mediaType":"application/vnd.oci.image.manifest.v1+json","size":2}},"#,
+                    r#"{{"annotations":{{"io.strata.layer":"x","org.opencontainers.image.ref.name":"m"}},"#,
+                    r#""digest":"{}","mediaType":"application/vnd.strata.initrd.member.v1","size":1}}],"#,
+                    r#""mediaType":"application/vnd.oci.image.index.v1+json","schemaVersion":2}}"#
+                ),
+                Digest::of(b"a"),
+                Digest::of(b"m")
+            )
+        );
+        let got = store.get_ref("a").unwrap().unwrap();
+        assert_eq!(got.annotations[REF_NAME], "a");
+        assert_eq!(
+            (&got.artifact_type, &got.digest, got.size),
+            (&a.artifact_type, &a.digest, a.size)
+        );
+        // And what strata's own Descriptor serializes to is what oci-spec's does.
+        for d in [&a, &Descriptor::new("x/y", Digest::of(b""), 0)] {
+            assert_eq!(canonical_json(d), canonical_json(&d.to_oci()));
+            assert_eq!(&Descriptor::from_oci(&d.to_oci()).unwrap(), d);
+        }
     }
 }
