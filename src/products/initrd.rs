@@ -73,11 +73,8 @@ pub fn member(store: &Store, layer: &Digest, compression: Compression, with_devi
     store.set_ref(
         &name,
         Descriptor {
-            media_type: oci::INITRD_MEMBER.into(),
-            digest: digest.clone(),
-            size: data.len() as u64,
-            artifact_type: None,
             annotations: HashMap::from([("io.strata.layer".into(), layer.to_string())]),
+            ..Descriptor::new(oci::INITRD_MEMBER, digest.clone(), data.len() as u64)
         },
     )?;
     info!(entries = l.entries().len(), bytes = data.len(), elapsed = ?start.elapsed(), "cpio member written");

@@ -232,14 +232,11 @@ pub async fn write_images(
                 store.set_ref(
                     &ref_name,
                     Descriptor {
-                        media_type: IMAGE_MEDIA_TYPE.into(),
-                        digest: digest.clone(),
-                        size: image.bytes.len() as u64,
-                        artifact_type: None,
                         annotations: HashMap::from([
                             (ANN_ROOT_HASH.into(), root_hash.clone()),
                             (ANN_LEFT_OUT.into(), left_blob.to_string()),
                         ]),
+                        ..Descriptor::new(IMAGE_MEDIA_TYPE, digest.clone(), image.bytes.len() as u64)
                     },
                 )?;
                 crate::store::write_atomic(&path, &image.bytes)?;

@@ -16,6 +16,7 @@
 //!   the user asked for the cache to be filled.
 
 use anyhow::{Context as _, Result, bail};
+use oci_spec::image::ImageManifest;
 use tracing::{info, warn};
 
 use crate::digest::Digest;
@@ -160,29 +161,23 @@ async fn fetch(
 /// A cached layer must be an OCI image manifest of the right kind made for `key`: a tag
 /// overwritten by hand, or by another tool, is not taken for a layer.
 fn check_layer_manifest(media_type: &str, data: &[u8], kind: &str, key: &Digest) -> Result<()> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Manifest {
-        artifact_type: Option<String>,
-        #[serde(default)]
-        annotations: std::collections::HashMap<String, String>,
-    }
     if media_type != OCI_MANIFEST {
         bail!("media type {media_type} is not an OCI image manifest, so not a strata layer");
     }
-    let m: Manifest = serde_json::from_slice(data).context("not a manifest")?;
+    let m: ImageManifest = serde_json::from_slice(data).context("not a manifest")?;
     let want = match kind {
         "kernel" => Some(oci::KERNEL_ARTIFACT),
         _ => None,
     };
-    if m.artifact_type.as_deref() != want {
+    let artifact_type = m.artifact_type().as_ref().map(|t| t.as_ref());
+    if artifact_type != want {
         bail!(
             "artifactType {} is not that of a {kind} layer ({})",
-            m.artifact_type.as_deref().unwrap_or("(none)"),
+            artifact_type.unwrap_or("(none)"),
             want.unwrap_or("none")
         );
     }
-    match m.annotations.get(oci::ANN_KEY) {
+    match m.annotations().as_ref().and_then(|a| a.get(oci::ANN_KEY)) {
         Some(k) if *k == key.to_string() => Ok(()),
         Some(k) => bail!("the manifest was made for the cache key {k}, not {key}"),
         None => bail!(
@@ -214,19 +209,37 @@ mod tests {
     #[test]
     fn only_layers_of_the_right_kind_and_key_are_taken() {
         let key = Digest::of(b"k");
-        let base = format!(r#"{{"annotations":{{"{}":"{key}"}}}}"#, oci::ANN_KEY);
+        let empty = Digest::of(b"{}");
+        let base = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{empty}","size":2}},"layers":[],"annotations":{{"{}":"{key}"}}}}"#,
+            oci::ANN_KEY
+        );
         check_layer_manifest(OCI_MANIFEST, base.as_bytes(), "base", &key).unwrap();
         let e = check_layer_manifest(OCI_MANIFEST, base.as_bytes(), "base", &Digest::of(b"other")).unwrap_err();
         assert!(e.to_string().contains("made for the cache key"), "{e}");
         let e = check_layer_manifest(OCI_MANIFEST, base.as_bytes(), "kernel", &key).unwrap_err();
         assert!(e.to_string().contains("not that of a kernel layer"), "{e}");
         let kernel = format!(
-            r#"{{"artifactType":"{}","annotations":{{"{}":"{key}"}}}}"#,
+            r#"{{"schemaVersion":2,"artifactType":"{}","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{empty}","size":2}},"layers":[],"annotations":{{"{}":"{key}"}}}}"#,
             oci::KERNEL_ARTIFACT,
             oci::ANN_KEY
         );
         check_layer_manifest(OCI_MANIFEST, kernel.as_bytes(), "kernel", &key).unwrap();
         assert!(check_layer_manifest(registry::OCI_INDEX, kernel.as_bytes(), "kernel", &key).is_err());
         assert!(check_layer_manifest(OCI_MANIFEST, b"{}", "base", &key).is_err());
+        // Not a manifest at all (what a layer's key annotation alone was enough for before).
+        let bare = format!(r#"{{"annotations":{{"{}":"{key}"}}}}"#, oci::ANN_KEY);
+        let e = check_layer_manifest(OCI_MANIFEST, bare.as_bytes(), "base", &key).unwrap_err();
+        assert!(e.to_string().contains("not a manifest"), "{e}");
+        // The layers strata writes pass.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let layer = strata_format::layer::Layer::from_entries(vec![]).unwrap();
+        let blob = oci::put_layer_blob(&store, &layer).unwrap();
+        let ann = std::collections::HashMap::from([(oci::ANN_KEY.to_string(), key.to_string())]);
+        let d = oci::put_image(&store, "b", &blob, 0, ann.clone()).unwrap();
+        check_layer_manifest(OCI_MANIFEST, &store.read_blob(&d.digest).unwrap(), "base", &key).unwrap();
+        let d = oci::put_artifact(&store, "k", oci::KERNEL_ARTIFACT, &[], ann).unwrap();
+        check_layer_manifest(OCI_MANIFEST, &store.read_blob(&d.digest).unwrap(), "kernel", &key).unwrap();
     }
 }

@@ -87,6 +87,20 @@ pub struct FetchedManifest {
     pub data: Bytes,
 }
 
+/// A manifest's own `mediaType`, when present, must be `media_type` (what the registry's
+/// `Content-Type` or the index's descriptor says it is).
+pub(crate) fn check_own_media_type(value: &serde_json::Value, media_type: &str, reference: &str) -> Result<(), Error> {
+    match value.get("mediaType") {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(serde_json::Value::String(t)) if t == media_type => Ok(()),
+        Some(other) => Err(Error::UnexpectedMediaType {
+            reference: reference.to_string(),
+            found: other.as_str().map_or_else(|| other.to_string(), str::to_string),
+            expected: vec![media_type.to_string()],
+        }),
+    }
+}
+
 /// What a request sends.
 pub(crate) enum Body {
     Empty,
@@ -229,23 +243,11 @@ impl Client {
                 });
             }
         }
-        // The manifest's own `mediaType`, when present, must agree with the header.
-        #[derive(serde::Deserialize)]
-        struct Typed {
-            #[serde(rename = "mediaType")]
-            media_type: Option<String>,
-        }
-        let typed: Typed = serde_json::from_slice(&data).map_err(|source| Error::BadManifest {
+        let value: serde_json::Value = serde_json::from_slice(&data).map_err(|source| Error::BadManifest {
             reference: name.clone(),
             source,
         })?;
-        if let Some(inner) = typed.media_type.filter(|t| *t != media_type) {
-            return Err(Error::UnexpectedMediaType {
-                reference: name,
-                found: inner,
-                expected: vec![media_type],
-            });
-        }
+        check_own_media_type(&value, &media_type, &name)?;
         Ok(FetchedManifest {
             media_type,
             digest,

@@ -16,16 +16,17 @@
 //! in the output directory and renamed into place only when every one of them passed, so a
 //! refused pull leaves nothing behind.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
+use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
 use sha2::Digest as _;
 
 use crate::digest::Digest;
 use crate::registry::artifact::{self, ANN_TITLE, PRODUCT_TYPES, ProductType};
-use crate::registry::{Client, ClientOptions, FetchedManifest, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, Reference};
+use crate::registry::{Client, ClientOptions, FetchedManifest, OCI_INDEX, OCI_MANIFEST, Reference};
 use crate::store::atomic::AtomicFile;
 use crate::store::{Descriptor, Store};
 use strata_format::ddi_verify;
@@ -65,24 +66,6 @@ struct Plan {
     file: String,
 }
 
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Manifest {
-    media_type: Option<String>,
-    artifact_type: Option<String>,
-    config: Descriptor,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-    #[serde(default)]
-    annotations: HashMap<String, String>,
-}
-
-#[derive(serde::Deserialize)]
-struct IndexManifests {
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-}
-
 fn known_types() -> String {
     PRODUCT_TYPES
         .iter()
@@ -96,14 +79,14 @@ fn check_product(media_type: &str, data: &[u8]) -> Result<Plan> {
     if media_type != OCI_MANIFEST {
         bail!("media type `{media_type}` is not a strata product (expected {OCI_MANIFEST} or {OCI_INDEX})");
     }
-    let m: Manifest = serde_json::from_slice(data).context("not a valid OCI manifest")?;
-    if let Some(t) = m.media_type.as_ref().filter(|t| *t != OCI_MANIFEST) {
+    let m: ImageManifest = serde_json::from_slice(data).context("not a valid OCI manifest")?;
+    if let Some(t) = m.media_type().as_ref().filter(|t| **t != MediaType::ImageManifest) {
         bail!("the manifest calls itself `{t}`, not {OCI_MANIFEST}");
     }
     // Artifacts made before `artifactType` existed carry the type as the config's media type.
-    let artifact_type = match &m.artifact_type {
-        Some(t) => t.clone(),
-        None if m.config.media_type != OCI_EMPTY => m.config.media_type.clone(),
+    let artifact_type = match m.artifact_type() {
+        Some(t) => t.to_string(),
+        None if *m.config().media_type() != MediaType::EmptyJSON => m.config().media_type().to_string(),
         None => bail!(
             "the manifest has no artifactType, so it is not a strata product (expected one of {})",
             known_types()
@@ -115,13 +98,14 @@ fn check_product(media_type: &str, data: &[u8]) -> Result<Plan> {
             known_types()
         );
     };
-    let [blob] = m.layers.as_slice() else {
+    let [blob] = m.layers().as_slice() else {
         bail!(
             "a {} artifact has exactly one blob; this one has {}",
             ptype.kind,
-            m.layers.len()
+            m.layers().len()
         );
     };
+    let blob = Descriptor::from_oci(blob).context("not a valid OCI manifest")?;
     if blob.media_type != ptype.media_type {
         bail!(
             "the blob's media type `{}` is not `{}` as a {} needs",
@@ -133,14 +117,11 @@ fn check_product(media_type: &str, data: &[u8]) -> Result<Plan> {
     let file = blob
         .annotations
         .get(ANN_TITLE)
-        .or(m.annotations.get(ANN_TITLE))
+        .or(m.annotations().as_ref().and_then(|a| a.get(ANN_TITLE)))
         .with_context(|| format!("no {ANN_TITLE} annotation names the {} file", ptype.kind))?;
     check_file_name(file, ptype)?;
-    Ok(Plan {
-        ptype,
-        blob: blob.clone(),
-        file: file.clone(),
-    })
+    let file = file.clone();
+    Ok(Plan { ptype, blob, file })
 }
 
 /// A plain file name in the output directory: no directories, not hidden.
@@ -172,13 +153,14 @@ pub async fn run(opts: &Options) -> Result<Vec<Pulled>> {
         .await
         .with_context(|| format!("fetching {reference}"))?;
     let manifests: Vec<FetchedManifest> = if top.media_type == OCI_INDEX {
-        let index: IndexManifests =
-            serde_json::from_slice(&top.data).with_context(|| format!("{reference}: not a valid OCI index"))?;
-        if index.manifests.is_empty() {
+        let index: Vec<Descriptor> = serde_json::from_slice::<ImageIndex>(&top.data)
+            .and_then(|index| crate::store::descriptors(index.manifests()))
+            .with_context(|| format!("{reference}: not a valid OCI index"))?;
+        if index.is_empty() {
             bail!("{reference}: the index lists no products");
         }
         let mut children = Vec::new();
-        for child in &index.manifests {
+        for child in &index {
             let at = reference.with_digest(&child.digest);
             if child.media_type != OCI_MANIFEST {
                 bail!(
@@ -385,13 +367,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("oci")).unwrap();
         let d = store.put_blob(b"hello").unwrap();
-        let desc = Descriptor {
-            media_type: "x".into(),
-            digest: d.clone(),
-            size: 5,
-            artifact_type: None,
-            annotations: HashMap::new(),
-        };
+        let desc = Descriptor::new("x", d.clone(), 5);
         // What a killed pull leaves, and what a running one has.
         let stale = dir.path().join(format!(".tmp-{}-abc", i32::MAX));
         let running = dir.path().join(format!(".tmp-{}-abc", std::process::id()));

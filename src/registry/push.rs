@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
+use oci_spec::image::{ImageIndexBuilder, ImageManifestBuilder, MediaType};
 use tracing::warn;
 
 use crate::digest::{Digest, canonical_json};
@@ -133,36 +134,6 @@ fn describe(s: &Stats) -> String {
     text
 }
 
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ArtifactManifest<'a> {
-    schema_version: u32,
-    media_type: &'a str,
-    artifact_type: &'a str,
-    config: Descriptor,
-    layers: Vec<Descriptor>,
-    annotations: &'a BTreeMap<String, String>,
-}
-
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Index<'a> {
-    schema_version: u32,
-    media_type: &'a str,
-    manifests: &'a [Descriptor],
-    annotations: &'a BTreeMap<String, String>,
-}
-
-fn plain(media_type: &str, digest: Digest, size: u64) -> Descriptor {
-    Descriptor {
-        media_type: media_type.into(),
-        digest,
-        size,
-        artifact_type: None,
-        annotations: HashMap::new(),
-    }
-}
-
 /// The artifact manifest of one product (canonical JSON).
 pub fn artifact_manifest(
     ptype: ProductType,
@@ -171,16 +142,31 @@ pub fn artifact_manifest(
     size: u64,
     annotations: &BTreeMap<String, String>,
 ) -> Vec<u8> {
-    let mut layer = plain(ptype.media_type, blob, size);
+    let mut layer = Descriptor::new(ptype.media_type, blob, size);
     layer.annotations.insert(ANN_TITLE.into(), file.into());
-    canonical_json(&ArtifactManifest {
-        schema_version: 2,
-        media_type: OCI_MANIFEST,
-        artifact_type: ptype.artifact_type,
-        config: plain(OCI_EMPTY, Digest::of(b"{}"), 2),
-        layers: vec![layer],
-        annotations,
-    })
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .artifact_type(MediaType::from(ptype.artifact_type))
+        .config(Descriptor::new(OCI_EMPTY, Digest::of(b"{}"), 2).to_oci())
+        .layers(vec![layer.to_oci()])
+        // Always there, even empty: the bytes pushed by earlier versions.
+        .annotations(HashMap::from_iter(annotations.clone()))
+        .build()
+        .expect("every required field is set");
+    canonical_json(&manifest)
+}
+
+/// The index of a build's products (canonical JSON).
+fn products_index(children: &[Descriptor], annotations: &BTreeMap<String, String>) -> Vec<u8> {
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(children.iter().map(Descriptor::to_oci).collect::<Vec<_>>())
+        .annotations(HashMap::from_iter(annotations.clone()))
+        .build()
+        .expect("every required field is set");
+    canonical_json(&index)
 }
 
 /// Push the build in `opts.output` to `opts.reference`.
@@ -286,7 +272,7 @@ pub async fn run(opts: &Options) -> Result<Summary> {
                 (ANN_TITLE.to_string(), product.file.clone()),
                 (ANN_PRODUCT.to_string(), product.kind.clone()),
             ]),
-            ..plain(OCI_MANIFEST, store.put_blob(&manifest)?, manifest.len() as u64)
+            ..Descriptor::new(OCI_MANIFEST, store.put_blob(&manifest)?, manifest.len() as u64)
         };
         // Named in the store so the transfer can find it; the next push replaces the name.
         let name = format!("strata.push.{}.{}", product.kind, product.file);
@@ -305,12 +291,7 @@ pub async fn run(opts: &Options) -> Result<Summary> {
     }
 
     // The index of all products under the tag itself; its manifests are all there now.
-    let index = canonical_json(&Index {
-        schema_version: 2,
-        media_type: OCI_INDEX,
-        manifests: &children,
-        annotations: &annotations,
-    });
+    let index = products_index(&children, &annotations);
     let digest = Digest::of(&index);
     let mut stats = Stats::default();
     let there = client.manifest_digest(&reference.repository, &tag).await?;
@@ -367,6 +348,105 @@ mod tests {
         s.file = "network.raw".into();
         assert!(product_tag("13", &s).is_err());
         assert!(product_tag(&"x".repeat(125), &i).is_err(), "too long");
+    }
+
+    /// The hand-written structs `artifact_manifest` and the index serialized before they
+    /// were oci-spec's `ImageManifest` and `ImageIndex`: a push of an unchanged build must
+    /// send the same manifests, so the bytes must not change.
+    mod before {
+        use super::*;
+
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct ArtifactManifest<'a> {
+            schema_version: u32,
+            media_type: &'a str,
+            artifact_type: &'a str,
+            config: Descriptor,
+            layers: Vec<Descriptor>,
+            annotations: &'a BTreeMap<String, String>,
+        }
+
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Index<'a> {
+            schema_version: u32,
+            media_type: &'a str,
+            manifests: &'a [Descriptor],
+            annotations: &'a BTreeMap<String, String>,
+        }
+
+        pub fn artifact_manifest(
+            ptype: ProductType,
+            file: &str,
+            blob: Digest,
+            size: u64,
+            annotations: &BTreeMap<String, String>,
+        ) -> Vec<u8> {
+            let mut layer = Descriptor::new(ptype.media_type, blob, size);
+            layer.annotations.insert(ANN_TITLE.into(), file.into());
+            canonical_json(&ArtifactManifest {
+                schema_version: 2,
+                media_type: OCI_MANIFEST,
+                artifact_type: ptype.artifact_type,
+                config: Descriptor::new(OCI_EMPTY, Digest::of(b"{}"), 2),
+                layers: vec![layer],
+                annotations,
+            })
+        }
+
+        pub fn products_index(children: &[Descriptor], annotations: &BTreeMap<String, String>) -> Vec<u8> {
+            canonical_json(&Index {
+                schema_version: 2,
+                media_type: OCI_INDEX,
+                manifests: children,
+                annotations,
+            })
+        }
+    }
+
+    #[test]
+    fn manifest_bytes_are_those_of_the_hand_written_structs() {
+        let full = BTreeMap::from([
+            (ANN_CREATED.to_string(), "2025-11-08T09:51:03Z".to_string()),
+            (ANN_VERSION.to_string(), "13".to_string()),
+            (ANN_SOURCE.to_string(), "https://example.org/x".to_string()),
+        ]);
+        let empty = BTreeMap::new();
+        let mut children = Vec::new();
+        for ann in [&full, &empty] {
+            for t in PRODUCT_TYPES {
+                let file = format!("x{}", extension_suffix(t.kind).unwrap_or(""));
+                let blob = Digest::of(t.kind.as_bytes());
+                let new = artifact_manifest(t, &file, blob.clone(), 12345, ann);
+                assert_eq!(new, before::artifact_manifest(t, &file, blob, 12345, ann), "{}", t.kind);
+                children.push(Descriptor {
+                    artifact_type: Some(t.artifact_type.into()),
+                    annotations: HashMap::from([
+                        (ANN_TITLE.to_string(), file.clone()),
+                        (ANN_PRODUCT.to_string(), t.kind.to_string()),
+                    ]),
+                    ..Descriptor::new(OCI_MANIFEST, Digest::of(&new), new.len() as u64)
+                });
+            }
+            assert_eq!(products_index(&children, ann), before::products_index(&children, ann));
+        }
+        // Pinned: an initrd artifact with no annotations.
+        let t = product_type("initrd").unwrap();
+        assert_eq!(
+            String::from_utf8(artifact_manifest(t, "initrd.cpio.zst", Digest::of(b"i"), 1, &empty)).unwrap(),
+            format!(
+                concat!(
+                    r#"{{"annotations":{{}},"artifactType":"application/vnd.strata.initrd.v1","#,
+                    r#""config":{{"digest":"{}","mediaType":"application/vnd.oci.empty.v1+json","size":2}},"#,
+                    r#""layers":[{{"annotations":{{"org.opencontainers.image.title":"initrd.cpio.zst"}},"#,
+                    r#""digest":"{}","mediaType":"application/vnd.strata.initrd.image.v1","size":1}}],"#,
+                    r#""mediaType":"application/vnd.oci.image.manifest.v1+json","schemaVersion":2}}"#
+                ),
+                Digest::of(b"{}"),
+                Digest::of(b"i")
+            )
+        );
     }
 
     #[test]

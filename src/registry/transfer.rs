@@ -3,13 +3,14 @@
 //! and products (OCI artifacts with an `artifactType` and the empty `{}` config) are the
 //! same thing here: manifests and blobs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use futures_util::StreamExt as _;
+use oci_spec::image::{ImageIndex, ImageManifest};
 
 use super::client::Client;
 use super::{BlobPushed, DOCKER_MANIFEST_LIST, Error, FetchedManifest, OCI_INDEX, Reference};
-use crate::store::{Descriptor, Store};
+use crate::store::{self, Descriptor, Store};
 
 /// What a push may use besides plain uploads.
 #[derive(Debug, Clone, Default)]
@@ -63,16 +64,12 @@ pub struct Transferred {
     pub stats: Stats,
 }
 
-/// The parts of a manifest or index this code follows.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// The parts of a manifest or index this code follows, in strata's descriptor type.
 struct Tree {
-    media_type: Option<String>,
     artifact_type: Option<String>,
-    config: Option<Descriptor>,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-    #[serde(default)]
+    /// A manifest's config and layers.
+    blobs: Vec<Descriptor>,
+    /// An index's manifests.
     manifests: Vec<Descriptor>,
 }
 
@@ -80,11 +77,32 @@ fn is_index(media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
 }
 
-fn parse_tree(data: &[u8], reference: &str) -> Result<Tree, Error> {
-    serde_json::from_slice(data).map_err(|source| Error::BadManifest {
+/// Parse `data` as what `media_type` says it is: an index (OCI or Docker list) as
+/// oci-spec's `ImageIndex`, anything else as its `ImageManifest` (which a Docker v2
+/// manifest also is).
+fn parse_tree(media_type: &str, data: &[u8], reference: &str) -> Result<Tree, Error> {
+    let bad = |source| Error::BadManifest {
         reference: reference.to_string(),
         source,
-    })
+    };
+    let value: serde_json::Value = serde_json::from_slice(data).map_err(bad)?;
+    super::client::check_own_media_type(&value, media_type, reference)?;
+    let artifact_type = |t: &Option<oci_spec::image::MediaType>| t.as_ref().map(ToString::to_string);
+    if is_index(media_type) {
+        let index: ImageIndex = serde_json::from_value(value).map_err(bad)?;
+        Ok(Tree {
+            artifact_type: artifact_type(index.artifact_type()),
+            blobs: vec![],
+            manifests: store::descriptors(index.manifests()).map_err(bad)?,
+        })
+    } else {
+        let manifest: ImageManifest = serde_json::from_value(value).map_err(bad)?;
+        Ok(Tree {
+            artifact_type: artifact_type(manifest.artifact_type()),
+            blobs: store::descriptors(std::iter::once(manifest.config()).chain(manifest.layers())).map_err(bad)?,
+            manifests: vec![],
+        })
+    }
 }
 
 fn check_registry(client: &Client, remote: &Reference) -> Result<(), Error> {
@@ -140,7 +158,7 @@ fn push_manifest<'a>(
     Box::pin(async move {
         let data = store.read_blob(&desc.digest)?;
         let name = format!("{}/{repository}@{}", client.registry(), desc.digest);
-        let tree = parse_tree(&data, &name)?;
+        let tree = parse_tree(&desc.media_type, &data, &name)?;
         if is_index(&desc.media_type) {
             for child in &tree.manifests {
                 push_manifest(
@@ -193,8 +211,7 @@ fn push_manifest<'a>(
 
 /// Config and layers, each digest once, in a stable order.
 fn unique_blobs(tree: &Tree) -> Vec<Descriptor> {
-    let all = tree.config.iter().chain(&tree.layers);
-    let unique: BTreeMap<_, _> = all.map(|d| (&d.digest, d)).collect();
+    let unique: BTreeMap<_, _> = tree.blobs.iter().map(|d| (&d.digest, d)).collect();
     unique.into_values().cloned().collect()
 }
 
@@ -213,11 +230,8 @@ pub async fn pull(
     let tree = pull_tree(client, store, repository, &top, &mut stats).await?;
     stats.manifests_transferred += 1;
     let desc = Descriptor {
-        media_type: top.media_type.clone(),
-        digest: top.digest.clone(),
-        size: top.data.len() as u64,
         artifact_type: tree.artifact_type,
-        annotations: HashMap::new(),
+        ..Descriptor::new(top.media_type.clone(), top.digest.clone(), top.data.len() as u64)
     };
     store.set_ref(local_ref_name, desc.clone())?;
     tracing::info!(%remote, local_ref_name, ?stats, "pulled");
@@ -234,14 +248,7 @@ fn pull_tree<'a>(
 ) -> futures_util::future::BoxFuture<'a, Result<Tree, Error>> {
     Box::pin(async move {
         let name = format!("{}/{repository}@{}", client.registry(), manifest.digest);
-        let tree = parse_tree(&manifest.data, &name)?;
-        if let Some(inner) = tree.media_type.as_ref().filter(|t| **t != manifest.media_type) {
-            return Err(Error::UnexpectedMediaType {
-                reference: name,
-                found: inner.clone(),
-                expected: vec![manifest.media_type.clone()],
-            });
-        }
+        let tree = parse_tree(&manifest.media_type, &manifest.data, &name)?;
         if is_index(&manifest.media_type) {
             for child in &tree.manifests {
                 let child_name = format!("{}/{repository}@{}", client.registry(), child.digest);
