@@ -185,8 +185,9 @@ pub fn verify(store: &Store, name: &str) -> Result<bool> {
     let blobs = std::iter::once(manifest.config()).chain(manifest.layers().iter());
     for desc in blobs {
         let (digest, size) = layer_digest(desc)?;
-        match store.read_blob(&digest) {
-            Ok(data) if data.len() as u64 == size => {}
+        // Hashed as it is read, not held: a layer blob is tens of MiB.
+        match store.blob_reader(&digest).and_then(|r| r.finish()) {
+            Ok(found) if found == size => {}
             Ok(_) => {
                 tracing::warn!(%digest, layer = name, "blob size differs from its descriptor; rebuilding the layer");
                 return Ok(false);
