@@ -19,13 +19,18 @@ pub const GRACE: Duration = Duration::from_millis(1000);
 /// The exit code of an interrupted run (128 + SIGINT).
 pub const EXIT_CODE: i32 = 130;
 
-/// Child processes to stop before an interrupted process exits (the podman service).
-static CHILDREN: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+/// Child processes to stop before an interrupted process exits (the podman service), each
+/// with the private directory it uses.
+static CHILDREN: Mutex<Vec<(i32, std::path::PathBuf)>> = Mutex::new(Vec::new());
 
-/// Stop `pid` (with SIGTERM) if the process is interrupted before [`forget_child`].
-pub fn register_child(pid: u32) {
+/// Stop `pid` (with SIGTERM) and remove `dir` if the process is interrupted before
+/// [`forget_child`].
+pub fn register_child(pid: u32, dir: &std::path::Path) {
     if let Ok(pid) = i32::try_from(pid) {
-        CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+        CHILDREN
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((pid, dir.to_path_buf()));
     }
 }
 
@@ -34,7 +39,7 @@ pub fn forget_child(pid: u32) {
     CHILDREN
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .retain(|&p| i64::from(p) != i64::from(pid));
+        .retain(|(p, _)| i64::from(*p) != i64::from(pid));
 }
 
 /// The error a step returns when it stops because of the token.
@@ -81,10 +86,22 @@ pub fn install() -> std::io::Result<CancellationToken> {
 pub fn exit_now() -> ! {
     let removed = crate::store::atomic::interrupt();
     let children = std::mem::take(&mut *CHILDREN.lock().unwrap_or_else(|p| p.into_inner()));
-    for pid in children {
+    for (pid, dir) in children {
         // Best effort on the way out: the process may have exited already.
         if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM) {
             eprintln!("stopping process {pid}: {e}");
+        }
+        // Give it a moment to close its socket, then remove its directory.
+        for _ in 0..20 {
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("removing {}: {e}", dir.display());
         }
     }
     eprintln!("error: interrupted (removed {removed} temporary file(s))");

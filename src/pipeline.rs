@@ -1,4 +1,4 @@
-//! `strata build`: plan, build missing layers in containers ([`crate::stage`]), flatten
+//! `strata build`: plan, build missing layers in containers (`stage`), flatten
 //! and package them ([`crate::products`]).
 
 use std::path::{Path, PathBuf};

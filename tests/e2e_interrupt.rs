@@ -138,6 +138,16 @@ fn assert_store_verifies(cache: &Path) {
     }
 }
 
+/// The private directories of podman services strata started (`strata-podman-*` in the
+/// temporary directory).
+fn podman_service_dirs() -> std::collections::BTreeSet<PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("strata-podman-"))
+        .collect()
+}
+
 fn assert_no_build_containers() {
     let o = Command::new(support::tool("podman"))
         .args(["ps", "-a", "-q", "--filter", "label=io.strata.build"])
@@ -190,6 +200,7 @@ fn ctrl_c_during_the_flatten_exits_within_2s_and_leaves_nothing() {
         out.to_str().unwrap(),
         "--no-extensions",
     ];
+    let services = podman_service_dirs();
     let (took, status, log) = interrupt_build(&args, "kernel layer stored", Duration::from_secs(2));
     eprintln!("exited {status} {took:.2?} after SIGINT");
     assert!(!status.success(), "an interrupted build must fail:\n{log}");
@@ -205,6 +216,11 @@ fn ctrl_c_during_the_flatten_exits_within_2s_and_leaves_nothing() {
     assert_no_temporaries(dir.path());
     assert_store_verifies(&cache);
     assert_no_build_containers();
+    let left: Vec<_> = podman_service_dirs().difference(&services).cloned().collect();
+    assert!(
+        left.is_empty(),
+        "the podman service strata started left its directory: {left:?}"
+    );
 }
 
 #[test]
@@ -234,6 +250,7 @@ fn ctrl_c_during_an_image_build_exits_within_2s_and_leaves_nothing() {
         "--extension",
         "network",
     ];
+    let services = podman_service_dirs();
     let (took, status, log) = interrupt_build(&args, "making the extension image", Duration::from_millis(300));
     eprintln!("exited {status} {took:.2?} after SIGINT");
     assert!(!status.success(), "an interrupted build must fail:\n{log}");
@@ -249,4 +266,9 @@ fn ctrl_c_during_an_image_build_exits_within_2s_and_leaves_nothing() {
     assert_no_temporaries(dir.path());
     assert_store_verifies(&cache);
     assert_no_build_containers();
+    let left: Vec<_> = podman_service_dirs().difference(&services).cloned().collect();
+    assert!(
+        left.is_empty(),
+        "the podman service strata started left its directory: {left:?}"
+    );
 }

@@ -4,6 +4,7 @@
 //! bollard), and a recording fake for unit tests ([`fake::Fake`]). Build steps only see this
 //! trait: files go in and out of containers as tar streams, commands run through `exec`.
 
+#[cfg(test)]
 pub mod fake;
 pub mod podman;
 pub mod run;

@@ -24,8 +24,8 @@ use super::{ContainerSpec, Engine, Error, ExecOutput, Tail};
 /// A connection to podman's API, possibly owning the service process.
 pub struct Podman {
     docker: Docker,
-    socket: String,
-    service: Option<Service>,
+    /// The service strata started, if it did: dropping it stops the service.
+    _service: Option<Service>,
 }
 
 struct Service {
@@ -109,11 +109,7 @@ impl Podman {
             match try_connect(&c.socket).await {
                 Ok(docker) => {
                     info!(socket = %c.socket, "using the container API");
-                    return Ok(Podman {
-                        docker,
-                        socket: c.socket,
-                        service: None,
-                    });
+                    return Ok(Podman { docker, _service: None });
                 }
                 Err(reason) => {
                     if let Some(var) = c.var {
@@ -166,7 +162,7 @@ impl Podman {
                 });
             }
         };
-        crate::interrupt::register_child(child.id());
+        crate::interrupt::register_child(child.id(), &dir);
         let mut service = Service { child, dir };
         let seconds = 20;
         let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -174,8 +170,7 @@ impl Podman {
             if let Ok(docker) = try_connect(&socket).await {
                 return Ok(Podman {
                     docker,
-                    socket,
-                    service: Some(service),
+                    _service: Some(service),
                 });
             }
             let exited = matches!(service.child.try_wait(), Ok(Some(_)));
@@ -189,16 +184,6 @@ impl Podman {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    /// The socket in use.
-    pub fn socket(&self) -> &str {
-        &self.socket
-    }
-
-    /// Whether strata started (and will stop) the API service itself.
-    pub fn owns_service(&self) -> bool {
-        self.service.is_some()
     }
 }
 

@@ -237,7 +237,7 @@ mod tests {
         let layer = strata_format::layer::Layer::from_entries(vec![]).unwrap();
         let blob = oci::put_layer_blob(&store, &layer).unwrap();
         let ann = std::collections::HashMap::from([(oci::ANN_KEY.to_string(), key.to_string())]);
-        let d = oci::put_image(&store, "b", &blob, 0, ann.clone()).unwrap();
+        let d = oci::put_image(&store, "b", &blob, 0, &oci_spec::image::Arch::Amd64, ann.clone()).unwrap();
         check_layer_manifest(OCI_MANIFEST, &store.read_blob(&d.digest).unwrap(), "base", &key).unwrap();
         let d = oci::put_artifact(&store, "k", oci::KERNEL_ARTIFACT, &[], ann).unwrap();
         check_layer_manifest(OCI_MANIFEST, &store.read_blob(&d.digest).unwrap(), "kernel", &key).unwrap();

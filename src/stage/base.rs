@@ -42,6 +42,7 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
     let remove = set.base.remove.clone();
     let (release, mirror) = (d.release.clone(), d.mirror.clone());
     let (store, distro) = (ctx.store.clone(), ctx.distro);
+    let arch = distro.architecture(&d.architecture)?.oci;
     let name = name.to_string();
     let key = key.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
@@ -60,7 +61,7 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
             (oci::ANN_OS_RELEASE.to_string(), os_release),
         ]);
         annotations.extend(oci::standard_annotations(epoch, &version, &mirror));
-        oci::put_image(&store, &name, &blob, epoch, annotations)?;
+        oci::put_image(&store, &name, &blob, epoch, &arch, annotations)?;
         info!(entries = layer.entries().len(), bytes = layer.data_size(), layer = %blob.digest, "base layer stored");
         Ok(())
     })

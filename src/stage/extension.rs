@@ -72,6 +72,7 @@ pub(crate) async fn build<E: Engine>(
     })
     .await?;
     let distro = ctx.distro;
+    let arch = distro.architecture(&ctx.set.distribution.architecture)?.oci;
 
     let (set, x, store, name, key) = (
         ctx.set.clone(),
@@ -95,7 +96,7 @@ pub(crate) async fn build<E: Engine>(
             (ANN_PACKAGES.to_string(), made.added_packages.join(" ")),
         ]);
         annotations.extend(oci::standard_annotations(epoch, &version, &set.distribution.mirror));
-        oci::put_image(&store, &name, &blob, epoch, annotations)?;
+        oci::put_image(&store, &name, &blob, epoch, &arch, annotations)?;
         info!(extension = %x.name, entries = made.layer.entries().len(), bytes = made.layer.data_size(), layer = %blob.digest, "extension layer stored");
         Ok(())
     })

@@ -98,16 +98,17 @@ fn put_manifest(
     Ok(desc)
 }
 
-/// Store a userspace layer as a one-layer OCI image named `name`.
+/// Store a userspace layer for `arch` as a one-layer OCI image named `name`.
 pub fn put_image(
     store: &Store,
     name: &str,
     blob: &LayerBlob,
     epoch: u64,
+    arch: &oci_spec::image::Arch,
     annotations: HashMap<String, String>,
 ) -> Result<Descriptor> {
     let config = ImageConfigurationBuilder::default()
-        .architecture(oci_spec::image::Arch::Amd64)
+        .architecture(arch.clone())
         .os(oci_spec::image::Os::Linux)
         .created(rfc3339(epoch))
         .config(ConfigBuilder::default().build()?)
@@ -228,7 +229,15 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let layer = Layer::from_entries(vec![strata_format::layer::Entry::file("etc/x", "y", 0o644, 5)]).unwrap();
         let blob = put_layer_blob(&store, &layer).unwrap();
-        put_image(&store, "t", &blob, 5, HashMap::from([(ANN_EPOCH.into(), "5".into())])).unwrap();
+        put_image(
+            &store,
+            "t",
+            &blob,
+            5,
+            &oci_spec::image::Arch::Amd64,
+            HashMap::from([(ANN_EPOCH.into(), "5".into())]),
+        )
+        .unwrap();
         let m = get_manifest(&store, "t").unwrap().unwrap();
         let (d, _) = layer_digest(&m.layers()[0]).unwrap();
         assert_eq!(read_layer_blob(&store, &d).unwrap(), layer);
@@ -239,6 +248,7 @@ mod tests {
             "t2",
             &put_layer_blob(&store, &layer).unwrap(),
             5,
+            &oci_spec::image::Arch::Amd64,
             HashMap::from([(ANN_EPOCH.into(), "5".into())]),
         )
         .unwrap();
@@ -251,6 +261,19 @@ mod tests {
         assert!(!verify(&store, "missing").unwrap());
     }
 
+    #[test]
+    fn the_image_config_names_the_set_s_architecture() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let layer = Layer::from_entries(vec![strata_format::layer::Entry::file("etc/x", "y", 0o644, 5)]).unwrap();
+        let blob = put_layer_blob(&store, &layer).unwrap();
+        put_image(&store, "arm", &blob, 5, &oci_spec::image::Arch::ARM64, HashMap::new()).unwrap();
+        let m = get_manifest(&store, "arm").unwrap().unwrap();
+        let config: serde_json::Value =
+            serde_json::from_slice(&store.read_blob(&layer_digest(m.config()).unwrap().0).unwrap()).unwrap();
+        assert_eq!(config["architecture"], "arm64");
+    }
+
     /// The manifests' bytes, pinned: a layer pushed again must be the same manifest, so
     /// that a push of an unchanged build uploads nothing.
     #[test]
@@ -259,7 +282,15 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let layer = Layer::from_entries(vec![strata_format::layer::Entry::file("etc/x", "y", 0o644, 5)]).unwrap();
         let blob = put_layer_blob(&store, &layer).unwrap();
-        let image = put_image(&store, "t", &blob, 5, HashMap::from([(ANN_EPOCH.into(), "5".into())])).unwrap();
+        let image = put_image(
+            &store,
+            "t",
+            &blob,
+            5,
+            &oci_spec::image::Arch::Amd64,
+            HashMap::from([(ANN_EPOCH.into(), "5".into())]),
+        )
+        .unwrap();
         let text = |d: &Digest| String::from_utf8(store.read_blob(d).unwrap()).unwrap();
         // The bytes the hand-built descriptors (DescriptorBuilder) gave before
         // store::Descriptor::to_oci made them.

@@ -59,7 +59,15 @@ pub fn fake_layers(store: &Store, seed: u8) -> Vec<LayerRecord> {
             ("org.opencontainers.image.created".to_string(), oci::rfc3339(e)),
         ])
     };
-    oci::put_image(store, &plan::layer_ref("base", &base_key), &blob, e, ann(&base_key)).unwrap();
+    oci::put_image(
+        store,
+        &plan::layer_ref("base", &base_key),
+        &blob,
+        e,
+        &oci_spec::image::Arch::Amd64,
+        ann(&base_key),
+    )
+    .unwrap();
 
     let version = "6.12.99-amd64";
     let modules = Layer::from_entries(vec![Entry::file(
