@@ -98,28 +98,26 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
         distro,
         cancel: &opts.cancel,
     };
+    // What each build stage gets, once the engine is connected.
+    let ctx = |engine| Ctx {
+        engine,
+        set: &set,
+        store: &store,
+        builder: &builder,
+        distro,
+        epoch,
+        cancel: &opts.cancel,
+    };
     if obtain(&store, &remote, opts.rebuild, "base", &base_key, &base_ref, &mut report).await? {
-        base::build(
-            &Ctx {
-                engine: engine.get().await?,
-                set: &set,
-                store: &store,
-                builder: &builder,
-                distro,
-                epoch,
-                cancel: &opts.cancel,
-            },
-            &base_key,
-            &base_ref,
-        )
-        .instrument(info_span!("base_layer"))
-        .await
-        .with_context(|| {
-            format!(
-                "building the base layer of {} for {}/{}",
-                set.name, set.distribution.id, set.distribution.release
-            )
-        })?;
+        base::build(&ctx(engine.get().await?), &base_key, &base_ref)
+            .instrument(info_span!("base_layer"))
+            .await
+            .with_context(|| {
+                format!(
+                    "building the base layer of {} for {}/{}",
+                    set.name, set.distribution.id, set.distribution.release
+                )
+            })?;
         report.built.push("base".into());
     }
     if obtain(
@@ -133,22 +131,10 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
     )
     .await?
     {
-        kernel::build(
-            &Ctx {
-                engine: engine.get().await?,
-                set: &set,
-                store: &store,
-                builder: &builder,
-                distro,
-                epoch,
-                cancel: &opts.cancel,
-            },
-            &kernel_key,
-            &kernel_ref,
-        )
-        .instrument(info_span!("kernel_layer"))
-        .await
-        .with_context(|| format!("building the kernel layer ({}) of {}", set.kernel.package, set.name))?;
+        kernel::build(&ctx(engine.get().await?), &kernel_key, &kernel_ref)
+            .instrument(info_span!("kernel_layer"))
+            .await
+            .with_context(|| format!("building the kernel layer ({}) of {}", set.kernel.package, set.name))?;
         report.built.push("kernel".into());
     }
     remote.publish(&store, "base", &base_key, &base_ref).await?;
@@ -166,31 +152,17 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
         let key = plan::extension_key(&set, &builder, epoch, &base_blob, x);
         let name = plan::layer_ref(&kind, &key);
         if obtain(&store, &remote, opts.rebuild, &kind, &key, &name, &mut report).await? {
-            extension::build(
-                &Ctx {
-                    engine: engine.get().await?,
-                    set: &set,
-                    store: &store,
-                    builder: &builder,
-                    distro,
-                    epoch,
-                    cancel: &opts.cancel,
-                },
-                x,
-                &base_ref,
-                &key,
-                &name,
-            )
-            .instrument(info_span!("extension_layer", extension = %x.name))
-            .await
-            .with_context(|| {
-                format!(
-                    "building the extension layer `{}` of {} ({})",
-                    x.name,
-                    set.name,
-                    x.file.display()
-                )
-            })?;
+            extension::build(&ctx(engine.get().await?), x, &base_ref, &key, &name)
+                .instrument(info_span!("extension_layer", extension = %x.name))
+                .await
+                .with_context(|| {
+                    format!(
+                        "building the extension layer `{}` of {} ({})",
+                        x.name,
+                        set.name,
+                        x.file.display()
+                    )
+                })?;
             report.built.push(kind.clone());
         }
         remote.publish(&store, &kind, &key, &name).await?;

@@ -329,19 +329,6 @@ fn assert_store_clean(cache: &Path, kind: &str) {
     );
 }
 
-fn assert_no_build_containers() {
-    let o = Command::new(support::tool("podman"))
-        .args(["ps", "-a", "-q", "--filter", "label=io.strata.build"])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    assert!(
-        o.stdout.is_empty(),
-        "build containers left behind: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-}
-
 #[test]
 fn unknown_config_key_names_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -97,10 +97,7 @@ pub(crate) async fn install_root<E: Engine>(
     );
     let install = ctx.distro.install_command(d, packages, TARGET, epoch);
     if let Err(e) = run::run(ctx.engine, c, &install).await {
-        let missing = e
-            .downcast_ref::<run::Failed>()
-            .map(|f| ctx.distro.missing_packages(&f.tail))
-            .unwrap_or_default();
+        let missing = super::missing_packages(ctx, &e);
         if !missing.is_empty() {
             bail!(
                 "package{} {} not found in {}/{} ({}, components {}): check the spelling in {}",

@@ -45,17 +45,20 @@ pub(crate) async fn in_container<E: Engine, T>(
     spec: &ContainerSpec,
     work: impl AsyncFnOnce(&Container) -> Result<T>,
 ) -> Result<T> {
+    // `biased`: a cancellation that is already there wins over work that is ready too.
     let id = tokio::select! {
-        id = engine.create(spec) => id?,
+        biased;
         () = cancel.cancelled() => return Err(crate::interrupt::interrupted_error()),
+        id = engine.create(spec) => id?,
     };
     let container = Container {
         id: id.clone(),
         spec: spec.clone(),
     };
     let result = tokio::select! {
-        r = work(&container) => r,
+        biased;
         () = cancel.cancelled() => Err(crate::interrupt::interrupted_error()),
+        r = work(&container) => r,
     };
     let removed = engine.remove(&id).await;
     match (result, removed) {
@@ -77,6 +80,15 @@ pub(crate) async fn epoch<E: Engine>(ctx: &Ctx<'_, E>, c: &Container) -> Result<
         .map_or(0, |t| t.as_secs());
     let release = ctx.distro.release_epoch(d, &answer, now)?;
     Ok(ctx.epoch.unwrap_or(release))
+}
+
+/// The packages a failed command (`error`, a [`run::Failed`]) says do not exist, in the
+/// words of the set's package manager; empty for any other error.
+pub(crate) fn missing_packages<E: Engine>(ctx: &Ctx<'_, E>, error: &anyhow::Error) -> Vec<String> {
+    error
+        .downcast_ref::<run::Failed>()
+        .map(|f| ctx.distro.missing_packages(&f.tail))
+        .unwrap_or_default()
 }
 
 /// Put one file into a container directory.

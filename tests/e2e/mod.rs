@@ -110,6 +110,20 @@ pub fn zstd_members(data: &[u8]) -> Vec<&[u8]> {
     out
 }
 
+/// Fails the test if a container labelled `io.strata.build` exists.
+pub fn assert_no_build_containers() {
+    let o = Command::new(support::tool("podman"))
+        .args(["ps", "-a", "-q", "--filter", "label=io.strata.build"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(
+        o.stdout.is_empty(),
+        "build containers left behind: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
 /// What the test root's /sbin/init prints.
 pub const MARKER: &str = "STRATA-ROOT-REACHED";
 

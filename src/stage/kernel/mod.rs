@@ -43,10 +43,7 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
         let kernel: KernelFetched = match run::run_json(ctx.engine, c, &fetch).await {
             Ok(k) => k,
             Err(e) => {
-                let missing = e
-                    .downcast_ref::<run::Failed>()
-                    .map(|f| ctx.distro.missing_packages(&f.tail))
-                    .unwrap_or_default();
+                let missing = crate::stage::missing_packages(ctx, &e);
                 if !missing.is_empty() {
                     bail!(
                         "kernel or firmware package {} not found in {}/{} ({})",
