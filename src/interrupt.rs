@@ -89,7 +89,7 @@ pub fn exit_now() -> ! {
     for (pid, dir) in children {
         // Best effort on the way out: the process may have exited already.
         if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM) {
-            eprintln!("stopping process {pid}: {e}");
+            say(format_args!("stopping process {pid}: {e}"));
         }
         // Give it a moment to close its socket, then remove its directory.
         for _ in 0..20 {
@@ -101,9 +101,19 @@ pub fn exit_now() -> ! {
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            eprintln!("removing {}: {e}", dir.display());
+            say(format_args!("removing {}: {e}", dir.display()));
         }
     }
-    eprintln!("error: interrupted (removed {removed} temporary file(s))");
+    say(format_args!("error: interrupted (removed {removed} temporary file(s))"));
     std::process::exit(EXIT_CODE)
+}
+
+/// A line on stderr on the way out. `eprintln!` panics when stderr is gone (a closed pipe:
+/// the reader was killed with us), and a panic here would leave the process running with
+/// nobody listening for signals; a line nobody can read is dropped instead.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    if writeln!(std::io::stderr(), "{line}").is_err() {
+        // Nowhere to report it: stderr itself is what failed.
+    }
 }

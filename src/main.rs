@@ -253,7 +253,7 @@ fn main() -> ExitCode {
     }
     if cancel.is_cancelled() {
         if let Err(e) = &result {
-            eprintln!("error: {e:#}");
+            strata::interrupt::say(format_args!("error: {e:#}"));
         }
         // Blocking threads may still be compressing: do not wait for them.
         runtime.shutdown_timeout(std::time::Duration::ZERO);
