@@ -309,19 +309,15 @@ modules = ["ext4"]
         (set, x, base)
     }
 
+    /// `diff_layer` of `r` against [`setup`]'s base, recorded at systemd 257.
+    fn diff(r: InstalledRoot) -> Result<Made> {
+        let (set, x, base) = setup();
+        diff_layer(r, &Debian, &base, &["systemd=257".into()], &set, &x, 10)
+    }
+
     #[test]
     fn the_layer_is_what_the_extension_adds() {
-        let (set, x, base) = setup();
-        let made = diff_layer(
-            root("257", Some(("usr/bin/ssh", "ELF2"))),
-            &Debian,
-            &base,
-            &["systemd=257".into()],
-            &set,
-            &x,
-            10,
-        )
-        .unwrap();
+        let made = diff(root("257", Some(("usr/bin/ssh", "ELF2")))).unwrap();
         let paths: Vec<&str> = made.layer.entries().iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -333,17 +329,7 @@ modules = ["ext4"]
 
     #[test]
     fn replacing_a_base_file_is_refused_and_the_package_named() {
-        let (set, x, base) = setup();
-        let err = diff_layer(
-            root("257", Some(("usr/lib/os-release", "ID=evil"))),
-            &Debian,
-            &base,
-            &["systemd=257".into()],
-            &set,
-            &x,
-            10,
-        )
-        .unwrap_err();
+        let err = diff(root("257", Some(("usr/lib/os-release", "ID=evil")))).unwrap_err();
         let text = format!("{err:#}");
         assert!(
             text.contains("extension `network` (layers/t/network.toml)")
@@ -354,37 +340,25 @@ modules = ["ext4"]
 
     #[test]
     fn an_unowned_regenerated_file_shadows_the_base() {
-        let (set, x, base) = setup();
         let r = edit(root("257", Some(("usr/bin/ssh", "ELF2"))), |e| {
             e.push(Entry::file("usr/lib/udev/hwdb.bin", "v2", 0o644, 5))
         });
-        let made = diff_layer(r, &Debian, &base, &["systemd=257".into()], &set, &x, 10).unwrap();
+        let made = diff(r).unwrap();
         assert_eq!(made.regenerated, ["usr/lib/udev/hwdb.bin"]);
     }
 
     #[test]
     fn a_base_package_at_another_version_is_a_release_mismatch() {
-        let (set, x, base) = setup();
-        let err = diff_layer(
-            root("258", Some(("usr/bin/ssh", "x"))),
-            &Debian,
-            &base,
-            &["systemd=257".into()],
-            &set,
-            &x,
-            10,
-        )
-        .unwrap_err();
+        let err = diff(root("258", Some(("usr/bin/ssh", "x")))).unwrap_err();
         assert!(format!("{err:#}").contains("`systemd` 257 → 258"), "{err:#}");
     }
 
     #[test]
     fn an_extension_that_adds_nothing_under_usr_is_refused() {
-        let (set, x, base) = setup();
         let r = edit(root("257", Some(("usr/bin/ssh", "x"))), |e| {
             e.retain(|e| e.path != "usr/bin/ssh")
         });
-        let err = diff_layer(r, &Debian, &base, &["systemd=257".into()], &set, &x, 10).unwrap_err();
+        let err = diff(r).unwrap_err();
         assert!(
             format!("{err:#}").contains("installs nothing under /usr or /opt"),
             "{err:#}"

@@ -223,12 +223,18 @@ mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 
-    #[test]
-    fn image_round_trip_through_the_store() {
+    /// A store in a temporary directory holding a one-file layer.
+    fn one_file_layer() -> (tempfile::TempDir, Store, Layer, LayerBlob) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let layer = Layer::from_entries(vec![strata_format::layer::Entry::file("etc/x", "y", 0o644, 5)]).unwrap();
         let blob = put_layer_blob(&store, &layer).unwrap();
+        (dir, store, layer, blob)
+    }
+
+    #[test]
+    fn image_round_trip_through_the_store() {
+        let (_dir, store, layer, blob) = one_file_layer();
         put_image(
             &store,
             "t",
@@ -263,10 +269,7 @@ mod tests {
 
     #[test]
     fn the_image_config_names_the_set_s_architecture() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let layer = Layer::from_entries(vec![strata_format::layer::Entry::file("etc/x", "y", 0o644, 5)]).unwrap();
-        let blob = put_layer_blob(&store, &layer).unwrap();
+        let (_dir, store, _, blob) = one_file_layer();
         put_image(&store, "arm", &blob, 5, &oci_spec::image::Arch::ARM64, HashMap::new()).unwrap();
         let m = get_manifest(&store, "arm").unwrap().unwrap();
         let config: serde_json::Value =
@@ -278,10 +281,7 @@ mod tests {
     /// that a push of an unchanged build uploads nothing.
     #[test]
     fn manifest_bytes_known_answers() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let layer = Layer::from_entries(vec![strata_format::layer::Entry::file("etc/x", "y", 0o644, 5)]).unwrap();
-        let blob = put_layer_blob(&store, &layer).unwrap();
+        let (_dir, store, _, blob) = one_file_layer();
         let image = put_image(
             &store,
             "t",
