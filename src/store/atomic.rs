@@ -4,7 +4,9 @@
 //!
 //! Every temporary file in flight is registered, so an interrupted process ([`interrupt`],
 //! called on Ctrl-C) removes them all before it exits, and no rename happens after an
-//! interruption: nothing half-written is ever visible under a real name.
+//! interruption: nothing half-written is ever visible under a real name. A directory being
+//! filled as a whole (a build's staging directory, [`crate::products::output`]) is registered
+//! the same way with [`register_dir`] until [`keep_dir`] makes it permanent.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -18,6 +20,8 @@ use super::{Error, io_at};
 
 /// Temporary files being written now, by any thread.
 static IN_FLIGHT: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+/// Temporary directories being filled now: removed whole on interrupt.
+static DIRS_IN_FLIGHT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// Set once the process is interrupted: no temporary file is renamed into place after it.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -26,8 +30,9 @@ fn in_flight(f: impl FnOnce(&mut HashSet<PathBuf>)) {
     f(guard.get_or_insert_with(HashSet::new));
 }
 
-/// Mark the process interrupted and remove every temporary file in flight. Returns how many
-/// were removed. Writers that finish later see [`Error::Interrupted`] instead of renaming.
+/// Mark the process interrupted and remove every temporary file and directory in flight.
+/// Returns how many were removed. Writers that finish later see [`Error::Interrupted`]
+/// instead of renaming.
 pub fn interrupt() -> usize {
     INTERRUPTED.store(true, Ordering::SeqCst);
     let mut removed = 0;
@@ -38,7 +43,44 @@ pub fn interrupt() -> usize {
             }
         }
     });
+    let dirs = std::mem::take(&mut *DIRS_IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner()));
+    for dir in dirs {
+        if fs::remove_dir_all(&dir).is_ok() {
+            removed += 1;
+        }
+    }
     removed
+}
+
+/// Remove `dir` and everything in it if the process is interrupted before [`keep_dir`] or
+/// [`forget_dir`].
+pub fn register_dir(dir: &Path) {
+    DIRS_IN_FLIGHT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(dir.to_path_buf());
+}
+
+/// `dir` is about to be made permanent: an interruption no longer removes it. Fails, leaving
+/// it registered, if the process was interrupted already; so of an interruption and this
+/// call exactly one wins.
+pub fn keep_dir(dir: &Path) -> Result<(), Error> {
+    let mut dirs = DIRS_IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+    if interrupted() {
+        return Err(Error::Interrupted {
+            path: dir.to_path_buf(),
+        });
+    }
+    dirs.retain(|d| d != dir);
+    Ok(())
+}
+
+/// `dir` was removed by its owner.
+pub fn forget_dir(dir: &Path) {
+    DIRS_IN_FLIGHT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|d| d != dir);
 }
 
 /// Whether [`interrupt`] was called.
@@ -279,9 +321,23 @@ mod tests {
         let dest = dir.path().join("product");
         let mut f = AtomicFile::beside(&dest).unwrap();
         f.write_all(b"half-written").unwrap();
-        assert_eq!(names(dir.path()).len(), 1);
-        assert_eq!(interrupt(), 1);
-        assert!(names(dir.path()).is_empty(), "the temporary file is gone");
+        let staging = dir.path().join("staging");
+        fs::create_dir(&staging).unwrap();
+        fs::write(staging.join("product"), b"staged").unwrap();
+        register_dir(&staging);
+        let kept = dir.path().join("kept");
+        fs::create_dir(&kept).unwrap();
+        register_dir(&kept);
+        keep_dir(&kept).unwrap();
+        assert_eq!(names(dir.path()).len(), 3);
+        assert_eq!(interrupt(), 2);
+        assert_eq!(names(dir.path()), ["kept"], "the temporary file and directory are gone");
+        fs::remove_dir(&kept).unwrap();
+        register_dir(&kept);
+        assert!(
+            matches!(keep_dir(&kept).unwrap_err(), Error::Interrupted { .. }),
+            "after an interruption nothing is made permanent"
+        );
         let err = f.commit(&dest).unwrap_err();
         assert!(matches!(err, Error::Interrupted { .. }), "{err}");
         assert!(!dest.exists());
