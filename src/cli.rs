@@ -33,7 +33,8 @@ pub enum Command {
         /// The layer set directory (holding base.toml).
         #[arg(default_value = "layers/debian-trixie")]
         layer_set: PathBuf,
-        /// Where the products and products.json go.
+        /// Where the products and products.json go. A build replaces the previous build's
+        /// products there as a whole, or not at all; other files are kept.
         #[arg(short, long, default_value = "out")]
         output: PathBuf,
         /// The cache directory holding the OCI layer store

@@ -81,6 +81,8 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
     }
     let store_dir = opts.cache_dir.join("oci");
     let store = Store::open(&store_dir).with_context(|| format!("opening the layer store {}", store_dir.display()))?;
+    // Locked for the whole build; what a killed build left there is finished or removed now.
+    let mut output = products::output::Output::open(&opts.output)?;
     let distro = set.distro();
     let builder = builder_tag(distro);
     let epoch = opts.source_date_epoch;
@@ -176,9 +178,14 @@ pub async fn run(opts: &Options) -> Result<(Report, Products)> {
         extensions: &extension_layers,
         signing: signing.as_ref(),
     };
-    let products = write_products(&set, &store, &inputs, layers, &opts.output, &engine)
+    let staging = output.stage()?.to_path_buf();
+    let products = write_products(&set, &store, &inputs, layers, &staging, &engine)
         .instrument(info_span!("products"))
         .await?;
+    let swap = output
+        .commit(&products)
+        .with_context(|| format!("putting the products in place in {}", opts.output.display()))?;
+    info!(output = %opts.output.display(), added = ?swap.added, replaced = ?swap.replaced, unchanged = ?swap.unchanged, removed = ?swap.removed, "products in place");
     info!(elapsed = ?start.elapsed(), built = ?report.built, cached = ?report.cached, pulled = ?report.pulled, output = %opts.output.display(), "build finished");
     Ok((report, products))
 }
@@ -279,7 +286,7 @@ struct ProductInputs<'a> {
 }
 
 /// Flatten the layers into the initrd, make the extension images, and write every product
-/// plus `products.json`.
+/// into `output` (the staging directory); returns their list.
 async fn write_products(
     set: &LayerSet,
     store: &Store,
@@ -315,7 +322,6 @@ async fn write_products(
     let kernel_image = kernel_image.context("kernel layer without a kernel image")?;
     let modules_blob = modules_blob.context("kernel layer without a modules layer")?;
 
-    std::fs::create_dir_all(output).with_context(|| format!("creating the output directory {}", output.display()))?;
     // Flattening is CPU work (zstd -19): on a blocking thread, off the async workers.
     let mut members = {
         let (store, compression) = (store.clone(), set.base.compression);
@@ -374,7 +380,6 @@ async fn write_products(
     }
     let mut products = Products::new(&set.name, all);
     products.layers = layers;
-    products::write(output, &products)?;
     Ok(products)
 }
 

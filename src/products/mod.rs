@@ -11,8 +11,12 @@
 //! `file` is relative to the output directory. Fields are only ever added. `layers` lists the
 //! layers the products were made from: `[{"kind": "base", "key": "sha256:…", "manifest":
 //! "sha256:…"}, …]`.
+//!
+//! A build puts its products and this file in place together ([`output`]): every file
+//! `products.json` lists has the bytes it records.
 
 pub mod initrd;
+pub mod output;
 pub mod sysext;
 
 use std::path::Path;
@@ -160,8 +164,24 @@ pub fn write(dir: &Path, products: &Products) -> Result<()> {
 /// Read `products.json` from `dir`.
 pub fn read(dir: &Path) -> Result<Products> {
     let path = dir.join(FILE);
-    let text =
-        std::fs::read(&path).with_context(|| format!("reading {} (run `strata build` first)", path.display()))?;
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let swapping = output::staging_dirs(dir)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|s| s.join(FILE).is_file());
+            return Err(match swapping {
+                Some(staging) => anyhow::anyhow!(
+                    "{} is missing: a build is putting its products in place, or was killed while it did ({} holds                      them); wait for it, or run `strata build` again to finish",
+                    path.display(),
+                    staging.display()
+                ),
+                None => anyhow::Error::new(e).context(format!("reading {} (run `strata build` first)", path.display())),
+            });
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
     serde_json::from_slice(&text).with_context(|| format!("{} is not a strata products file", path.display()))
 }
 

@@ -37,9 +37,15 @@ pub fn keys() -> (Digest, Digest) {
 /// Store fake base and kernel layers as `strata build` would have; `seed` varies their
 /// content. Returns the layer records.
 pub fn fake_layers(store: &Store, seed: u8) -> Vec<LayerRecord> {
+    fake_layers_with_payload(store, seed, 0)
+}
+
+/// [`fake_layers`] with a base layer that also holds `payload` incompressible bytes (in
+/// `usr/lib/payload`), so that flattening and writing the initrd take a while.
+pub fn fake_layers_with_payload(store: &Store, seed: u8, payload: usize) -> Vec<LayerRecord> {
     let (base_key, kernel_key) = keys();
     let e = EPOCH;
-    let base = Layer::from_entries(vec![
+    let mut entries = vec![
         Entry::file(
             "usr/lib/os-release",
             format!("ID=debian\nVERSION_ID=13\nSEED={seed}\n"),
@@ -49,8 +55,21 @@ pub fn fake_layers(store: &Store, seed: u8) -> Vec<LayerRecord> {
         Entry::symlink("etc/os-release", "../usr/lib/os-release", e),
         Entry::file("usr/lib/systemd/systemd", vec![seed; 4096], 0o755, e),
         Entry::symlink("init", "usr/lib/systemd/systemd", e),
-    ])
-    .unwrap();
+    ];
+    if payload > 0 {
+        let mut state = u64::from(seed) | 1;
+        let noise: Vec<u8> = (0..payload)
+            .map(|_| {
+                // xorshift64: incompressible, and the same for the same seed.
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        entries.push(Entry::file("usr/lib/payload", noise, 0o644, e));
+    }
+    let base = Layer::from_entries(entries).unwrap();
     let blob = oci::put_layer_blob(store, &base).unwrap();
     let ann = |key: &Digest| {
         HashMap::from([
