@@ -166,6 +166,8 @@ impl Drop for Output {
         {
             match fs::remove_dir_all(&staging) {
                 Ok(()) => atomic::forget_dir(&staging),
+                // Removed already by the Ctrl-C handler.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => atomic::forget_dir(&staging),
                 Err(e) => warn!(staging = %staging.display(), "removing the staging directory: {e}"),
             }
         }
