@@ -3,6 +3,10 @@
 //!
 //! TOML with unknown keys rejected. Every error names the file, the line and the key, and
 //! where possible says what would be accepted instead.
+//!
+//! A layer set may come from someone else, so everything in it is read as untrusted input:
+//! a TOML file must be a regular file of at most [`MAX_TOML_BYTES`], and an extension's
+//! `files.source` must stay inside the set directory ([`extension`]).
 
 use std::fmt;
 use std::ops::Range;
@@ -15,6 +19,9 @@ use toml::Spanned;
 pub mod extension;
 
 pub use extension::{Extension, ExtraFile, Filesystem};
+
+/// Largest layer-set TOML file strata reads (1 MiB; the shipped ones are a few KiB).
+pub const MAX_TOML_BYTES: u64 = 1 << 20;
 
 /// The default mirror of a Debian set.
 pub const DEFAULT_DEBIAN_MIRROR: &str = crate::distro::debian::DEFAULT_MIRROR;
@@ -142,8 +149,8 @@ impl LayerSet {
     pub fn load(dir: &Path) -> anyhow::Result<LayerSet> {
         use anyhow::Context as _;
         let file = dir.join("base.toml");
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading the layer set's base layer {}", file.display()))?;
+        let text =
+            read_toml(&file).with_context(|| format!("reading the layer set's base layer {}", file.display()))?;
         let mut set = parse(&file, &text)?;
         set.dir = dir.to_path_buf();
         set.name = dir
@@ -154,8 +161,7 @@ impl LayerSet {
         let entries = std::fs::read_dir(dir).with_context(|| format!("listing the layer set {}", dir.display()))?;
         let others = extension_files(dir, entries.map(|e| e.map(|e| e.path())))?;
         for file in others {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading the extension layer {}", file.display()))?;
+            let text = read_toml(&file).with_context(|| format!("reading the extension layer {}", file.display()))?;
             set.extensions.push(extension::parse(&file, &text, dir, set.distro())?);
         }
         Ok(set)
@@ -170,6 +176,69 @@ impl LayerSet {
     pub fn extension(&self, name: &str) -> Option<&Extension> {
         self.extensions.iter().find(|x| x.name == name)
     }
+}
+
+/// A layer-set TOML file: a regular file (after symlinks) of at most [`MAX_TOML_BYTES`], in
+/// UTF-8.
+fn read_toml(file: &Path) -> anyhow::Result<String> {
+    let data = read_regular_file(file, MAX_TOML_BYTES)?;
+    String::from_utf8(data).map_err(|e| {
+        anyhow::anyhow!(
+            "it is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Read `path`, which must be a regular file (after symlinks; not a device, FIFO or
+/// directory) of at most `limit` bytes. The read is bounded too, so a file that grows while
+/// it is read, or a file system that misreports sizes, still cannot make strata read more.
+/// A FIFO is never opened (that would block); the file is opened without blocking and
+/// checked again once open, against a swap between the check and the open.
+pub(crate) fn read_regular_file(path: &Path, limit: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let kind = |m: &std::fs::Metadata| {
+        use std::os::unix::fs::FileTypeExt as _;
+        let t = m.file_type();
+        match () {
+            _ if t.is_file() => None,
+            _ if t.is_dir() => Some("a directory"),
+            _ if t.is_fifo() => Some("a FIFO"),
+            _ if t.is_char_device() => Some("a character device"),
+            _ if t.is_block_device() => Some("a block device"),
+            _ if t.is_socket() => Some("a socket"),
+            _ => Some("not a regular file"),
+        }
+    };
+    let not_regular = |what: &str| anyhow::anyhow!("it is {what}, not a regular file");
+    let too_big = |size: u64| {
+        anyhow::anyhow!(
+            "it is {size} bytes or more, larger than the limit of {limit} bytes ({} MiB)",
+            limit >> 20
+        )
+    };
+    let meta = std::fs::metadata(path)?;
+    if let Some(what) = kind(&meta) {
+        return Err(not_regular(what));
+    }
+    if meta.len() > limit {
+        return Err(too_big(meta.len()));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if let Some(what) = kind(&meta) {
+        return Err(not_regular(what));
+    }
+    let mut data = Vec::with_capacity(meta.len().min(limit) as usize);
+    file.take(limit + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > limit {
+        return Err(too_big(data.len() as u64));
+    }
+    Ok(data)
 }
 
 /// The extension files among a layer set's directory entries (`*.toml` but `base.toml`),
