@@ -136,7 +136,7 @@ pub fn parse(
             format!("{e} (the file name is the extension's name)"),
         ));
     }
-    let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(e, &err_at))?;
+    let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(e, text, &err_at))?;
     let x = raw.extension;
     if x.packages.get_ref().is_empty() && x.files.is_empty() {
         return Err(err_at(
@@ -333,7 +333,7 @@ files = [{ source = "dhcp.network", path = "/usr/lib/systemd/network/80-dhcp.net
             (
                 "[extension]\npackages = [\"ok\"]\ncolour = 1\n",
                 3,
-                Some("colour"),
+                Some("extension.colour"),
                 "unknown field",
             ),
             (

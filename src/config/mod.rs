@@ -264,7 +264,7 @@ fn extension_files(
 /// Parse and validate one `base.toml` text. `file` is only used in error messages.
 pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
     let err_at = err_fn(file, text);
-    let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(e, &err_at))?;
+    let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(e, text, &err_at))?;
 
     let d = raw.distribution;
     let Some(distro) = crate::distro::backend(d.id.get_ref()) else {
@@ -297,15 +297,19 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
             .collect::<Result<_, _>>()?,
         None => default_components.iter().map(|c| c.to_string()).collect(),
     };
-    let architecture = match d.architecture {
+    let (architecture, architecture_span) = match d.architecture {
         Some(a) => {
             check_word(&a, "distribution.architecture", &err_at)?;
-            a.into_inner()
+            (a.get_ref().clone(), Some(a.span()))
         }
-        None => default_architecture.to_string(),
+        None => (default_architecture.to_string(), None),
     };
     if let Err(e) = distro.architecture(&architecture) {
-        return Err(err_at(None, Some("distribution.architecture"), format!("{e:#}")));
+        return Err(err_at(
+            architecture_span,
+            Some("distribution.architecture"),
+            format!("{e:#}"),
+        ));
     }
 
     let b = raw.base;
@@ -396,10 +400,45 @@ fn err_fn<'a>(
     }
 }
 
-/// A TOML or schema error, with the key serde names in its message ("unknown field `x`").
-fn toml_error(e: toml::de::Error, err_at: &ErrAt) -> ConfigError {
+/// A TOML or schema error, naming the key at fault: the dotted path of a value of the wrong
+/// type, the full path of an unknown or missing field, the key written twice.
+fn toml_error(e: toml::de::Error, text: &str, err_at: &ErrAt) -> ConfigError {
     let message = e.message().trim_end().to_string();
-    let key = message.split('`').nth(1).map(str::to_string);
+    // toml keeps the path of the value at fault private, but shows it as "in `a.b`" when the
+    // error is displayed without its input.
+    let path = {
+        let mut bare = e.clone();
+        bare.set_input(None);
+        bare.to_string().lines().find_map(|l| {
+            l.strip_prefix("in `")
+                .and_then(|l| l.strip_suffix('`'))
+                .map(str::to_string)
+        })
+    };
+    let join = |field: &str| match &path {
+        Some(p) => format!("{p}.{field}"),
+        None => field.to_string(),
+    };
+    let (key, message) = if let Some(field) = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|p| message.strip_prefix(p))
+        .and_then(|rest| rest.split('`').next())
+    {
+        (Some(join(field)), message)
+    } else if message.starts_with("duplicate key") {
+        let written = e
+            .span()
+            .and_then(|s| text.get(s))
+            .map(|k| k.trim().trim_matches(['"', '\'']).to_string())
+            .filter(|k| !k.is_empty());
+        let what = match &written {
+            Some(k) => format!("`{k}` is set twice in the same table; keep one of them"),
+            None => "a key is set twice in the same table; keep one of them".to_string(),
+        };
+        (written, format!("duplicate key: {what}"))
+    } else {
+        (path, message)
+    };
     err_at(e.span(), key.as_deref(), message)
 }
 
@@ -513,7 +552,7 @@ modules = ["virtio_blk", "ext4"]
         let text = GOOD.replace("remove = [", "colour = \"red\"\nremove = [");
         let e = parse_str(&text).unwrap_err();
         assert_eq!(e.line, 8, "{e}");
-        assert_eq!(e.key.as_deref(), Some("colour"));
+        assert_eq!(e.key.as_deref(), Some("base.colour"));
         let shown = e.to_string();
         assert!(shown.starts_with("layers/test/base.toml:8:"), "{shown}");
         assert!(shown.contains("unknown field `colour`"), "{shown}");
@@ -568,6 +607,68 @@ modules = ["virtio_blk", "ext4"]
         for (text, line, key, msg) in cases {
             let e = parse_str(&text).unwrap_err();
             assert_eq!((e.line, e.key.as_deref()), (line, Some(key)), "{e}");
+            assert!(e.message.contains(msg), "{e}");
+        }
+    }
+
+    /// The key at fault is named: not the value (`key `19``), not a syntax character, and a
+    /// key written twice by its name.
+    #[test]
+    fn schema_and_syntax_errors_name_the_right_key() {
+        let cases = [
+            (
+                GOOD.replace("compression = \"xz\"", "compression = 19"),
+                (9, 15),
+                Some("base.compression"),
+                "invalid type: integer `19`, expected a string",
+            ),
+            (
+                GOOD.replace("[\"virtio_blk\", \"ext4\"]", "[\"ext4\", 7]"),
+                (13, 20),
+                Some("kernel.modules"),
+                "expected a string",
+            ),
+            (
+                GOOD.replace("[distribution]", "[distribution]\nallow-expired-release = \"yes\""),
+                (3, 25),
+                Some("distribution.allow-expired-release"),
+                "expected a boolean",
+            ),
+            (
+                GOOD.replace("release = \"trixie\"", "release = \"trixie\"\nrelease = \"forky\""),
+                (5, 1),
+                Some("release"),
+                "duplicate key: `release` is set twice",
+            ),
+            (
+                GOOD.replace("[kernel]", "[kernel]\n[kernel]"),
+                (12, 2),
+                Some("kernel"),
+                "duplicate key: `kernel` is set twice",
+            ),
+            (GOOD.replace("[kernel]", "[kernel"), (11, 8), None, "unclosed table"),
+            (
+                GOOD.replace("[kernel]", "[kernel]\nmodule = []"),
+                (12, 1),
+                Some("kernel.module"),
+                "unknown field `module`",
+            ),
+            (
+                GOOD.replace("package = \"linux-image-amd64\"\n", ""),
+                (11, 1),
+                Some("kernel.package"),
+                "missing field `package`",
+            ),
+            (
+                GOOD.replace("release = \"trixie\"", "release = \"trixie\"\narchitecture = \"sparc\""),
+                (5, 16),
+                Some("distribution.architecture"),
+                "sparc",
+            ),
+        ];
+        for (text, at, key, msg) in cases {
+            let e = parse_str(&text).unwrap_err();
+            assert_eq!(((e.line, e.column), e.key.as_deref()), (at, key), "{e}");
             assert!(e.message.contains(msg), "{e}");
         }
     }
