@@ -173,6 +173,24 @@ pub enum Command {
     },
 }
 
+/// The extensions `build` makes from its flags: `None` for all of the set's, none with
+/// `--no-extensions`, else the `--extension` names, each at most once (a repeated name would
+/// make two products of the same name, which `pull` refuses later).
+pub fn extension_selection(extensions: Vec<String>, no_extensions: bool) -> anyhow::Result<Option<Vec<String>>> {
+    if no_extensions {
+        return Ok(Some(vec![]));
+    }
+    if extensions.is_empty() {
+        return Ok(None);
+    }
+    for (i, name) in extensions.iter().enumerate() {
+        if extensions[..i].contains(name) {
+            anyhow::bail!("--extension {name} is given twice; name each extension once");
+        }
+    }
+    Ok(Some(extensions))
+}
+
 /// The man pages: `strata.1` and `strata-COMMAND.1` for each subcommand, as (file name,
 /// roff text).
 pub fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
@@ -209,6 +227,22 @@ mod tests {
     fn clap_definitions_are_consistent() {
         use clap::CommandFactory as _;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn an_extension_named_twice_is_an_error() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(extension_selection(vec![], false).unwrap(), None);
+        assert_eq!(extension_selection(vec![], true).unwrap(), Some(vec![]));
+        assert_eq!(
+            extension_selection(names(&["network", "storage"]), false).unwrap(),
+            Some(names(&["network", "storage"]))
+        );
+        let e = extension_selection(names(&["network", "storage", "network"]), false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--extension network is given twice; name each extension once"
+        );
     }
 
     #[test]

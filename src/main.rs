@@ -94,11 +94,7 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
                     client: registry_client(insecure),
                 },
                 signing: key.zip(cert),
-                extensions: match (no_extensions, extensions.is_empty()) {
-                    (true, _) => Some(vec![]),
-                    (false, true) => None,
-                    (false, false) => Some(extensions),
-                },
+                extensions: strata::cli::extension_selection(extensions, no_extensions)?,
                 cancel,
             };
             let (_report, products) = strata::pipeline::run(&opts).await?;
