@@ -173,6 +173,22 @@ pub enum Command {
     },
 }
 
+/// An error as `main` prints it: the chain on one line, `outer: inner: …`, leaving out a
+/// cause whose text the message before it already ends with (an error type that prints its
+/// source in its own message, as `{method} {url}: {source}` does, would otherwise show the
+/// same words twice).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut shown: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if shown.last().is_some_and(|last| last.ends_with(&text)) {
+            continue;
+        }
+        shown.push(text);
+    }
+    shown.join(": ")
+}
+
 /// The extensions `build` makes from its flags: `None` for all of the set's, none with
 /// `--no-extensions`, else the `--extension` names, each at most once (a repeated name would
 /// make two products of the same name, which `pull` refuses later).
@@ -227,6 +243,28 @@ mod tests {
     fn clap_definitions_are_consistent() {
         use clap::CommandFactory as _;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_error_chain_shows_each_text_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("GET http://r/v2/: {source}")]
+        struct Transport {
+            source: std::io::Error,
+        }
+        let io = std::io::Error::other("error sending request for url (http://r/v2/)");
+        let e = anyhow::Error::new(Transport { source: io }).context("fetching r/x:1");
+        assert_eq!(
+            format!("{e:#}"),
+            "fetching r/x:1: GET http://r/v2/: error sending request for url (http://r/v2/): error sending request for url (http://r/v2/)",
+            "the repetition this guards against"
+        );
+        assert_eq!(
+            error_chain(&e),
+            "fetching r/x:1: GET http://r/v2/: error sending request for url (http://r/v2/)"
+        );
+        let plain = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(error_chain(&plain), "outer: middle: inner");
     }
 
     #[test]

@@ -249,7 +249,7 @@ fn main() -> ExitCode {
     }
     if cancel.is_cancelled() {
         if let Err(e) = &result {
-            strata::interrupt::say(format_args!("error: {e:#}"));
+            strata::interrupt::say(format_args!("error: {}", strata::cli::error_chain(e)));
         }
         // Blocking threads may still be compressing: do not wait for them.
         runtime.shutdown_timeout(std::time::Duration::ZERO);
@@ -258,7 +258,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", strata::cli::error_chain(&e));
             ExitCode::FAILURE
         }
     }
