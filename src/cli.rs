@@ -45,10 +45,10 @@ pub enum Command {
         rebuild: bool,
         /// A registry repository (host[:port]/repo, no tag) to pull layers the store lacks
         /// from, before building them; layers are tagged KIND-<cache key hex>.
-        #[arg(long, value_name = "REPO")]
+        #[arg(long, value_name = "REPO", value_parser = cache_repository)]
         cache_from: Option<String>,
         /// A registry repository (host[:port]/repo, no tag) to push the build's layers to.
-        #[arg(long, value_name = "REPO")]
+        #[arg(long, value_name = "REPO", value_parser = cache_repository)]
         cache_to: Option<String>,
         /// Talk plain HTTP to the --cache-from/--cache-to registries (loopback always is).
         #[arg(long)]
@@ -61,7 +61,8 @@ pub enum Command {
         /// extensions signed by that key.
         #[arg(long, requires = "key", value_name = "FILE")]
         cert: Option<PathBuf>,
-        /// Build only this extension of the layer set (repeatable); default: all of them.
+        /// Build only this extension of the layer set (repeatable, each name once); default:
+        /// all of them.
         #[arg(long = "extension", value_name = "NAME", conflicts_with = "no_extensions")]
         extensions: Vec<String>,
         /// Build no extension, only the kernel and the initrd.
@@ -171,6 +172,19 @@ pub enum Command {
         #[arg(long)]
         kvm: bool,
     },
+}
+
+/// A `--cache-from`/`--cache-to` repository, checked when the command line is parsed, so a
+/// bad one fails before any directory is made (the build checks it again when it connects).
+fn cache_repository(given: &str) -> Result<String, String> {
+    let r: crate::registry::Reference = given.parse().map_err(|e| format!("{e}"))?;
+    if r.tag.is_some() || r.digest.is_some() {
+        return Err(format!(
+            "name a repository without a tag or digest (e.g. {}/{}); each layer is tagged with its cache key",
+            r.registry, r.repository
+        ));
+    }
+    Ok(given.to_string())
 }
 
 /// An error as `main` prints it: the chain on one line, `outer: inner: …`, leaving out a
