@@ -382,6 +382,12 @@ fn cases() -> Vec<Case> {
             &["net.toml:3:10: key `extension.scope`: unknown scope `usr`"],
         ),
         case(
+            "extension: scope listed twice",
+            net("[extension]\npackages = [\"curl\"]\nscope = [\"initrd\", \"initrd\"]\n"),
+            &[],
+            &["net.toml:3:20: key `extension.scope`: scope `initrd` is listed twice"],
+        ),
+        case(
             "extension: unknown file system",
             net("[extension]\npackages = [\"curl\"]\nfilesystem = \"ext4\"\n"),
             &[],
@@ -852,6 +858,12 @@ fn cases() -> Vec<Case> {
                 "--no-extensions",
             ],
             &["--no-extensions", "cannot be used with"],
+        ),
+        case(
+            "keygen: output is a file",
+            |d: &Path| write(&d.join("keys"), "x"),
+            &["keygen", "-o", "{d}/keys"],
+            &["{d}/keys is not a directory; name a directory for sysext.key and sysext.crt"],
         ),
         case(
             "cpio: unknown compression",

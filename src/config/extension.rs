@@ -165,21 +165,21 @@ pub fn parse(
                 format!("empty scope; use some of {SCOPES:?}"),
             ));
         }
-        Some(s) => s
-            .into_inner()
-            .into_iter()
-            .map(|v| {
-                if SCOPES.contains(&v.get_ref().as_str()) {
-                    Ok(v.into_inner())
+        Some(s) => {
+            let mut scope: Vec<String> = Vec::new();
+            for v in s.into_inner() {
+                let why = if !SCOPES.contains(&v.get_ref().as_str()) {
+                    format!("unknown scope `{}`: use {SCOPES:?}", v.get_ref())
+                } else if scope.contains(v.get_ref()) {
+                    format!("scope `{}` is listed twice", v.get_ref())
                 } else {
-                    Err(err_at(
-                        Some(v.span()),
-                        Some("extension.scope"),
-                        format!("unknown scope `{}`: use {SCOPES:?}", v.get_ref()),
-                    ))
-                }
-            })
-            .collect::<Result<_, _>>()?,
+                    scope.push(v.into_inner());
+                    continue;
+                };
+                return Err(err_at(Some(v.span()), Some("extension.scope"), why));
+            }
+            scope
+        }
     };
     let filesystem = match x.filesystem.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
         None | Some(("squashfs", _)) => Filesystem::Squashfs,
@@ -329,6 +329,12 @@ files = [{ source = "dhcp.network", path = "/usr/lib/systemd/network/80-dhcp.net
                 3,
                 Some("extension.scope"),
                 "unknown scope `usr`",
+            ),
+            (
+                "[extension]\npackages = [\"ok\"]\nscope = [\"initrd\", \"initrd\"]\n",
+                3,
+                Some("extension.scope"),
+                "scope `initrd` is listed twice",
             ),
             (
                 "[extension]\npackages = [\"ok\"]\ncolour = 1\n",
