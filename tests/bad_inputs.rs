@@ -255,6 +255,12 @@ fn cases() -> Vec<Case> {
             &["base.toml:2:6: key `distribution.id`: unsupported distribution `arch`"],
         ),
         case(
+            "base: release with a slash",
+            base_edit("\"trixie\"", "\"trixie/updates\""),
+            &[],
+            &["base.toml:3:11: key `distribution.release`: `trixie/updates` is not a valid name (letters, digits"],
+        ),
+        case(
             "base: unknown architecture",
             base_edit("release = \"trixie\"", "release = \"trixie\"\narchitecture = \"sparc\""),
             &[],

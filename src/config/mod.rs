@@ -502,7 +502,11 @@ fn check_word(w: &Spanned<String>, key: &str, err_at: &ErrAt) -> Result<(), Conf
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         Ok(())
     } else {
-        Err(err_at(Some(w.span()), Some(key), format!("`{s}` is not a valid name")))
+        Err(err_at(
+            Some(w.span()),
+            Some(key),
+            format!("`{s}` is not a valid name (letters, digits, `-`, `_` and `.`)"),
+        ))
     }
 }
 
