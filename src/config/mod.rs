@@ -9,19 +9,22 @@
 //! `files.source` must stay inside the set directory ([`extension`]).
 
 use std::fmt;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use strata_format::compress::Compression;
 use toml::Spanned;
 
+mod error;
 pub mod extension;
+mod read;
 
+pub use error::ConfigError;
+use error::{ErrAt, err_fn, toml_error};
 pub use extension::{Extension, ExtraFile, Filesystem};
-
-/// Largest layer-set TOML file strata reads (1 MiB; the shipped ones are a few KiB).
-pub const MAX_TOML_BYTES: u64 = 1 << 20;
+pub use read::MAX_TOML_BYTES;
+pub(crate) use read::read_regular_file;
+use read::read_toml;
 
 /// The default mirror of a Debian set.
 pub const DEFAULT_DEBIAN_MIRROR: &str = crate::distro::debian::DEFAULT_MIRROR;
@@ -82,26 +85,6 @@ pub struct Kernel {
 
 fn display<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
-}
-
-/// A configuration error: file, line, column, key and message.
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
-    pub key: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
-        if let Some(key) = &self.key {
-            write!(f, "key `{key}`: ")?;
-        }
-        write!(f, "{}", self.message)
-    }
 }
 
 // ---- raw TOML shape -------------------------------------------------------------------
@@ -176,69 +159,6 @@ impl LayerSet {
     pub fn extension(&self, name: &str) -> Option<&Extension> {
         self.extensions.iter().find(|x| x.name == name)
     }
-}
-
-/// A layer-set TOML file: a regular file (after symlinks) of at most [`MAX_TOML_BYTES`], in
-/// UTF-8.
-fn read_toml(file: &Path) -> anyhow::Result<String> {
-    let data = read_regular_file(file, MAX_TOML_BYTES)?;
-    String::from_utf8(data).map_err(|e| {
-        anyhow::anyhow!(
-            "it is not UTF-8 text (invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        )
-    })
-}
-
-/// Read `path`, which must be a regular file (after symlinks; not a device, FIFO or
-/// directory) of at most `limit` bytes. The read is bounded too, so a file that grows while
-/// it is read, or a file system that misreports sizes, still cannot make strata read more.
-/// A FIFO is never opened (that would block); the file is opened without blocking and
-/// checked again once open, against a swap between the check and the open.
-pub(crate) fn read_regular_file(path: &Path, limit: u64) -> anyhow::Result<Vec<u8>> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let kind = |m: &std::fs::Metadata| {
-        use std::os::unix::fs::FileTypeExt as _;
-        let t = m.file_type();
-        match () {
-            _ if t.is_file() => None,
-            _ if t.is_dir() => Some("a directory"),
-            _ if t.is_fifo() => Some("a FIFO"),
-            _ if t.is_char_device() => Some("a character device"),
-            _ if t.is_block_device() => Some("a block device"),
-            _ if t.is_socket() => Some("a socket"),
-            _ => Some("not a regular file"),
-        }
-    };
-    let not_regular = |what: &str| anyhow::anyhow!("it is {what}, not a regular file");
-    let too_big = |size: u64| {
-        anyhow::anyhow!(
-            "it is {size} bytes or more, larger than the limit of {limit} bytes ({} MiB)",
-            limit >> 20
-        )
-    };
-    let meta = std::fs::metadata(path)?;
-    if let Some(what) = kind(&meta) {
-        return Err(not_regular(what));
-    }
-    if meta.len() > limit {
-        return Err(too_big(meta.len()));
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if let Some(what) = kind(&meta) {
-        return Err(not_regular(what));
-    }
-    let mut data = Vec::with_capacity(meta.len().min(limit) as usize);
-    file.take(limit + 1).read_to_end(&mut data)?;
-    if data.len() as u64 > limit {
-        return Err(too_big(data.len() as u64));
-    }
-    Ok(data)
 }
 
 /// The extension files among a layer set's directory entries (`*.toml` but `base.toml`),
@@ -381,67 +301,6 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
     })
 }
 
-type ErrAt<'a> = dyn Fn(Option<Range<usize>>, Option<&str>, String) -> ConfigError + 'a;
-
-/// An error maker for `file`: a span in `text` becomes line and column.
-fn err_fn<'a>(
-    file: &'a Path,
-    text: &'a str,
-) -> impl Fn(Option<Range<usize>>, Option<&str>, String) -> ConfigError + 'a {
-    move |span, key, message| {
-        let (line, column) = span.map_or((1, 1), |s| line_col(text, s.start));
-        ConfigError {
-            file: file.to_path_buf(),
-            line,
-            column,
-            key: key.map(str::to_string),
-            message,
-        }
-    }
-}
-
-/// A TOML or schema error, naming the key at fault: the dotted path of a value of the wrong
-/// type, the full path of an unknown or missing field, the key written twice.
-fn toml_error(e: toml::de::Error, text: &str, err_at: &ErrAt) -> ConfigError {
-    let message = e.message().trim_end().to_string();
-    // toml keeps the path of the value at fault private, but shows it as "in `a.b`" when the
-    // error is displayed without its input.
-    let path = {
-        let mut bare = e.clone();
-        bare.set_input(None);
-        bare.to_string().lines().find_map(|l| {
-            l.strip_prefix("in `")
-                .and_then(|l| l.strip_suffix('`'))
-                .map(str::to_string)
-        })
-    };
-    let join = |field: &str| match &path {
-        Some(p) => format!("{p}.{field}"),
-        None => field.to_string(),
-    };
-    let (key, message) = if let Some(field) = ["unknown field `", "missing field `"]
-        .iter()
-        .find_map(|p| message.strip_prefix(p))
-        .and_then(|rest| rest.split('`').next())
-    {
-        (Some(join(field)), message)
-    } else if message.starts_with("duplicate key") {
-        let written = e
-            .span()
-            .and_then(|s| text.get(s))
-            .map(|k| k.trim().trim_matches(['"', '\'']).to_string())
-            .filter(|k| !k.is_empty());
-        let what = match &written {
-            Some(k) => format!("`{k}` is set twice in the same table; keep one of them"),
-            None => "a key is set twice in the same table; keep one of them".to_string(),
-        };
-        (written, format!("duplicate key: {what}"))
-    } else {
-        (path, message)
-    };
-    err_at(e.span(), key.as_deref(), message)
-}
-
 /// A `remove` entry: a glob over paths inside the layer, leading `/` dropped.
 fn check_remove_glob(r: &Spanned<String>, key: &str, err_at: &ErrAt) -> Result<String, ConfigError> {
     let p = r.get_ref().trim_start_matches('/');
@@ -508,14 +367,6 @@ fn check_word(w: &Spanned<String>, key: &str, err_at: &ErrAt) -> Result<(), Conf
             format!("`{s}` is not a valid name (letters, digits, `-`, `_` and `.`)"),
         ))
     }
-}
-
-/// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, column)
 }
 
 #[cfg(test)]
