@@ -46,10 +46,10 @@ pub enum Command {
         rebuild: bool,
         /// A registry repository (host[:port]/repo, no tag) to pull layers the store lacks
         /// from, before building them; layers are tagged KIND-<cache key hex>.
-        #[arg(long, value_name = "REPO")]
+        #[arg(long, value_name = "REPO", value_parser = cache_repository)]
         cache_from: Option<String>,
         /// A registry repository (host[:port]/repo, no tag) to push the build's layers to.
-        #[arg(long, value_name = "REPO")]
+        #[arg(long, value_name = "REPO", value_parser = cache_repository)]
         cache_to: Option<String>,
         /// Talk plain HTTP to the --cache-from/--cache-to registries (loopback always is).
         #[arg(long)]
@@ -62,7 +62,8 @@ pub enum Command {
         /// extensions signed by that key.
         #[arg(long, requires = "key", value_name = "FILE")]
         cert: Option<PathBuf>,
-        /// Build only this extension of the layer set (repeatable); default: all of them.
+        /// Build only this extension of the layer set (repeatable, each name once); default:
+        /// all of them.
         #[arg(long = "extension", value_name = "NAME", conflicts_with = "no_extensions")]
         extensions: Vec<String>,
         /// Build no extension, only the kernel and the initrd.
@@ -174,6 +175,53 @@ pub enum Command {
     },
 }
 
+/// A `--cache-from`/`--cache-to` repository, checked when the command line is parsed, so a
+/// bad one fails before any directory is made (the build checks it again when it connects).
+fn cache_repository(given: &str) -> Result<String, String> {
+    let r: crate::registry::Reference = given.parse().map_err(|e| format!("{e}"))?;
+    if r.tag.is_some() || r.digest.is_some() {
+        return Err(format!(
+            "name a repository without a tag or digest (e.g. {}/{}); each layer is tagged with its cache key",
+            r.registry, r.repository
+        ));
+    }
+    Ok(given.to_string())
+}
+
+/// An error as `main` prints it: the chain on one line, `outer: inner: …`, leaving out a
+/// cause whose text the message before it already ends with (an error type that prints its
+/// source in its own message, as `{method} {url}: {source}` does, would otherwise show the
+/// same words twice).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut shown: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if shown.last().is_some_and(|last| last.ends_with(&text)) {
+            continue;
+        }
+        shown.push(text);
+    }
+    shown.join(": ")
+}
+
+/// The extensions `build` makes from its flags: `None` for all of the set's, none with
+/// `--no-extensions`, else the `--extension` names, each at most once (a repeated name would
+/// make two products of the same name, which `pull` refuses later).
+pub fn extension_selection(extensions: Vec<String>, no_extensions: bool) -> anyhow::Result<Option<Vec<String>>> {
+    if no_extensions {
+        return Ok(Some(vec![]));
+    }
+    if extensions.is_empty() {
+        return Ok(None);
+    }
+    for (i, name) in extensions.iter().enumerate() {
+        if extensions[..i].contains(name) {
+            anyhow::bail!("--extension {name} is given twice; name each extension once");
+        }
+    }
+    Ok(Some(extensions))
+}
+
 /// The man pages: `strata.1` and `strata-COMMAND.1` for each subcommand, as (file name,
 /// roff text).
 pub fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
@@ -210,6 +258,44 @@ mod tests {
     fn clap_definitions_are_consistent() {
         use clap::CommandFactory as _;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_error_chain_shows_each_text_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("GET http://r/v2/: {source}")]
+        struct Transport {
+            source: std::io::Error,
+        }
+        let io = std::io::Error::other("error sending request for url (http://r/v2/)");
+        let e = anyhow::Error::new(Transport { source: io }).context("fetching r/x:1");
+        assert_eq!(
+            format!("{e:#}"),
+            "fetching r/x:1: GET http://r/v2/: error sending request for url (http://r/v2/): error sending request for url (http://r/v2/)",
+            "the repetition this guards against"
+        );
+        assert_eq!(
+            error_chain(&e),
+            "fetching r/x:1: GET http://r/v2/: error sending request for url (http://r/v2/)"
+        );
+        let plain = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(error_chain(&plain), "outer: middle: inner");
+    }
+
+    #[test]
+    fn an_extension_named_twice_is_an_error() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(extension_selection(vec![], false).unwrap(), None);
+        assert_eq!(extension_selection(vec![], true).unwrap(), Some(vec![]));
+        assert_eq!(
+            extension_selection(names(&["network", "storage"]), false).unwrap(),
+            Some(names(&["network", "storage"]))
+        );
+        let e = extension_selection(names(&["network", "storage", "network"]), false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--extension network is given twice; name each extension once"
+        );
     }
 
     #[test]

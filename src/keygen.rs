@@ -48,10 +48,17 @@ pub fn run(dir: &Path, common_name: &str, force: bool) -> Result<Written> {
             .collect();
         if !existing.is_empty() {
             bail!(
-                "{} already exist(s); pass --force to replace the key pair",
-                existing.join(" and ")
+                "{} already {}; pass --force to replace the key pair",
+                existing.join(" and "),
+                if existing.len() == 1 { "exists" } else { "exist" }
             );
         }
+    }
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "{} is not a directory; name a directory for {KEY_FILE} and {CERT_FILE}",
+            dir.display()
+        );
     }
     fs::DirBuilder::new()
         .recursive(true)
@@ -113,7 +120,10 @@ mod tests {
         assert_eq!(w.fingerprint.len(), 64);
 
         let err = run(&out, "strata test", false).unwrap_err().to_string();
-        assert!(err.contains("sysext.key") && err.contains("--force"), "{err}");
+        assert!(
+            err.contains("sysext.key and") && err.contains("already exist;") && err.contains("--force"),
+            "{err}"
+        );
         assert_eq!(fs::read(&w.key).unwrap(), key, "refused run left the key alone");
 
         let w2 = run(&out, "strata test", true).unwrap();
@@ -121,5 +131,21 @@ mod tests {
         assert_ne!(w2.fingerprint, w.fingerprint);
         let leftovers: Vec<_> = fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(leftovers.len(), 2, "no temporary files left: {leftovers:?}");
+    }
+
+    #[test]
+    fn an_output_that_is_a_file_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        fs::write(&file, "x").unwrap();
+        let err = format!("{:#}", run(&file, "strata test", false).unwrap_err());
+        assert_eq!(
+            err,
+            format!(
+                "{} is not a directory; name a directory for sysext.key and sysext.crt",
+                file.display()
+            )
+        );
+        assert_eq!(fs::read(&file).unwrap(), b"x");
     }
 }

@@ -94,11 +94,7 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
                     client: registry_client(insecure),
                 },
                 signing: key.zip(cert),
-                extensions: match (no_extensions, extensions.is_empty()) {
-                    (true, _) => Some(vec![]),
-                    (false, true) => None,
-                    (false, false) => Some(extensions),
-                },
+                extensions: strata::cli::extension_selection(extensions, no_extensions)?,
                 cancel,
             };
             let (_report, products) = strata::pipeline::run(&opts).await?;
@@ -253,7 +249,7 @@ fn main() -> ExitCode {
     }
     if cancel.is_cancelled() {
         if let Err(e) = &result {
-            strata::interrupt::say(format_args!("error: {e:#}"));
+            strata::interrupt::say(format_args!("error: {}", strata::cli::error_chain(e)));
         }
         // Blocking threads may still be compressing: do not wait for them.
         runtime.shutdown_timeout(std::time::Duration::ZERO);
@@ -262,7 +258,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", strata::cli::error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -11,6 +11,13 @@
 //! reload-manager = true                  # systemd reloads after merging (units, generators)
 //! files = [{ source = "files/x.conf", path = "usr/lib/x.conf", mode = "0644" }]
 //! ```
+//!
+//! A `files.source` is a path relative to the layer-set directory and must stay inside it:
+//! no absolute path, and after `..` and symlinks are resolved it must still lie below the
+//! (resolved) set directory, so a shared layer set cannot copy the signing key or
+//! `/etc/shadow` into a signed image. It must be a regular file (not a device, FIFO or
+//! directory) of at most [`MAX_SOURCE_BYTES`] (16 MiB). All of this is checked when the set
+//! is loaded, before any container starts.
 
 use std::path::{Path, PathBuf};
 
@@ -74,6 +81,10 @@ fn content_digest<S: serde::Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::E
     s.collect_str(&Digest::of(data))
 }
 
+/// Largest `files.source` strata reads: 16 MiB. Extra files are configuration and small
+/// programs; anything bigger belongs in a package.
+pub const MAX_SOURCE_BYTES: u64 = 16 << 20;
+
 const SCOPES: [&str; 3] = ["initrd", "system", "portable"];
 
 #[derive(Deserialize)]
@@ -125,7 +136,7 @@ pub fn parse(
             format!("{e} (the file name is the extension's name)"),
         ));
     }
-    let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(e, &err_at))?;
+    let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(e, text, &err_at))?;
     let x = raw.extension;
     if x.packages.get_ref().is_empty() && x.files.is_empty() {
         return Err(err_at(
@@ -154,21 +165,21 @@ pub fn parse(
                 format!("empty scope; use some of {SCOPES:?}"),
             ));
         }
-        Some(s) => s
-            .into_inner()
-            .into_iter()
-            .map(|v| {
-                if SCOPES.contains(&v.get_ref().as_str()) {
-                    Ok(v.into_inner())
+        Some(s) => {
+            let mut scope: Vec<String> = Vec::new();
+            for v in s.into_inner() {
+                let why = if !SCOPES.contains(&v.get_ref().as_str()) {
+                    format!("unknown scope `{}`: use {SCOPES:?}", v.get_ref())
+                } else if scope.contains(v.get_ref()) {
+                    format!("scope `{}` is listed twice", v.get_ref())
                 } else {
-                    Err(err_at(
-                        Some(v.span()),
-                        Some("extension.scope"),
-                        format!("unknown scope `{}`: use {SCOPES:?}", v.get_ref()),
-                    ))
-                }
-            })
-            .collect::<Result<_, _>>()?,
+                    scope.push(v.into_inner());
+                    continue;
+                };
+                return Err(err_at(Some(v.span()), Some("extension.scope"), why));
+            }
+            scope
+        }
     };
     let filesystem = match x.filesystem.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
         None | Some(("squashfs", _)) => Filesystem::Squashfs,
@@ -217,12 +228,13 @@ fn extra_file(f: Spanned<RawExtraFile>, dir: &Path, err_at: &ErrAt) -> Result<Ex
                 )
             })?,
     };
-    let source = dir.join(f.source.get_ref());
-    let data = std::fs::read(&source).map_err(|e| {
+    let given = f.source.get_ref();
+    let source = dir.join(given);
+    let data = read_source(dir, given).map_err(|why| {
         err_at(
             Some(f.source.span()),
             Some("extension.files.source"),
-            format!("cannot read {}: {e}", source.display()),
+            format!("`{given}`: {why:#}"),
         )
     })?;
     Ok(ExtraFile {
@@ -230,6 +242,42 @@ fn extra_file(f: Spanned<RawExtraFile>, dir: &Path, err_at: &ErrAt) -> Result<Ex
         mode,
         source,
         data,
+    })
+}
+
+/// The content of `source`, a path relative to the set directory `dir` that must resolve
+/// inside it to a regular file of at most [`MAX_SOURCE_BYTES`].
+fn read_source(dir: &Path, source: &str) -> anyhow::Result<Vec<u8>> {
+    use anyhow::{Context as _, bail};
+    if source.is_empty() {
+        bail!("the path is empty; name a file in the layer-set directory");
+    }
+    if Path::new(source).is_absolute() {
+        bail!(
+            "it is an absolute path; a source is relative to the layer-set directory {} and stays inside it",
+            dir.display()
+        );
+    }
+    let root = dir
+        .canonicalize()
+        .with_context(|| format!("resolving the layer-set directory {}", dir.display()))?;
+    let path = dir.join(source);
+    let real = path
+        .canonicalize()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if !real.starts_with(&root) {
+        bail!(
+            "it resolves to {}, outside the layer-set directory {}; copy the file into the set",
+            real.display(),
+            root.display()
+        );
+    }
+    super::read_regular_file(&real, MAX_SOURCE_BYTES).with_context(|| {
+        if real == path {
+            format!("cannot use {}", path.display())
+        } else {
+            format!("cannot use {} (resolved: {})", path.display(), real.display())
+        }
     })
 }
 
@@ -283,9 +331,15 @@ files = [{ source = "dhcp.network", path = "/usr/lib/systemd/network/80-dhcp.net
                 "unknown scope `usr`",
             ),
             (
+                "[extension]\npackages = [\"ok\"]\nscope = [\"initrd\", \"initrd\"]\n",
+                3,
+                Some("extension.scope"),
+                "scope `initrd` is listed twice",
+            ),
+            (
                 "[extension]\npackages = [\"ok\"]\ncolour = 1\n",
                 3,
-                Some("colour"),
+                Some("extension.colour"),
                 "unknown field",
             ),
             (
@@ -320,5 +374,73 @@ files = [{ source = "dhcp.network", path = "/usr/lib/systemd/network/80-dhcp.net
         )
         .unwrap_err();
         assert!(e.to_string().contains("invalid extension name `my_ext`"), "{e}");
+    }
+
+    /// Every way a `files.source` could reach outside the set directory, or read without end,
+    /// is refused at load time with the file, line, key, value and reason.
+    #[test]
+    fn sources_stay_inside_the_set_and_are_bounded_regular_files() {
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("secret.key");
+        std::fs::write(&outside, "PRIVATE").unwrap();
+        let set = tmp.path().join("set");
+        std::fs::create_dir_all(set.join("files/sub")).unwrap();
+        std::fs::write(set.join("files/ok.conf"), "ok").unwrap();
+        symlink(&outside, set.join("files/abs-link")).unwrap();
+        symlink("../../secret.key", set.join("files/rel-link")).unwrap();
+        symlink("abs-link", set.join("files/link-to-link")).unwrap();
+        symlink("/dev/zero", set.join("files/zero")).unwrap();
+        symlink("ok.conf", set.join("files/inside-link")).unwrap();
+        nix::unistd::mkfifo(&set.join("files/fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let big = std::fs::File::create(set.join("files/big")).unwrap();
+        big.set_len(MAX_SOURCE_BYTES + 1).unwrap();
+        let at_limit = std::fs::File::create(set.join("files/at-limit")).unwrap();
+        at_limit.set_len(MAX_SOURCE_BYTES).unwrap();
+
+        let file = |source: &str| {
+            format!("[extension]\npackages = [\"ok\"]\nfiles = [{{ source = \"{source}\", path = \"usr/x\" }}]\n")
+        };
+        for (source, why) in [
+            (outside.to_str().unwrap(), "absolute path"),
+            ("/etc/shadow", "absolute path"),
+            ("/dev/zero", "absolute path"),
+            ("../secret.key", "outside the layer-set directory"),
+            ("files/../../secret.key", "outside the layer-set directory"),
+            ("files/abs-link", "outside the layer-set directory"),
+            ("files/rel-link", "outside the layer-set directory"),
+            ("files/link-to-link", "outside the layer-set directory"),
+            ("files/zero", "outside the layer-set directory"),
+            ("files/fifo", "a FIFO, not a regular file"),
+            ("files/sub", "a directory, not a regular file"),
+            ("files", "a directory, not a regular file"),
+            ("files/big", "larger than the limit of 16777216 bytes"),
+            ("", "the path is empty"),
+        ] {
+            let e = parse_in(&set, &file(source)).unwrap_err();
+            assert_eq!((e.line, e.column), (3, 21), "{source}: {e}");
+            assert_eq!(e.key.as_deref(), Some("extension.files.source"), "{source}: {e}");
+            assert!(e.message.contains(&format!("`{source}`")), "{source}: {e}");
+            assert!(e.message.contains(why), "{source}: want {why:?} in {e}");
+        }
+        // Inside the set, through a symlink or a `..` that comes back, is fine; so is a file
+        // of exactly the limit.
+        for source in ["files/inside-link", "files/sub/../ok.conf"] {
+            let x = parse_in(&set, &file(source)).unwrap_or_else(|e| panic!("{source}: {e}"));
+            assert_eq!(x.files[0].data, b"ok");
+        }
+        let x = parse_in(&set, &file("files/at-limit")).unwrap();
+        assert_eq!(x.files[0].data.len() as u64, MAX_SOURCE_BYTES);
+    }
+
+    /// A device reached despite the checks (here: the resolved set directory is `/dev`) is
+    /// refused by its type, never read.
+    #[test]
+    fn a_device_is_refused_not_read() {
+        let e = read_source(Path::new("/dev"), "zero").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("a character device, not a regular file"),
+            "{e:#}"
+        );
     }
 }

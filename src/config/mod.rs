@@ -3,18 +3,28 @@
 //!
 //! TOML with unknown keys rejected. Every error names the file, the line and the key, and
 //! where possible says what would be accepted instead.
+//!
+//! A layer set may come from someone else, so everything in it is read as untrusted input:
+//! a TOML file must be a regular file of at most [`MAX_TOML_BYTES`], and an extension's
+//! `files.source` must stay inside the set directory ([`extension`]).
 
 use std::fmt;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use strata_format::compress::Compression;
 use toml::Spanned;
 
+mod error;
 pub mod extension;
+mod read;
 
+pub use error::ConfigError;
+use error::{ErrAt, err_fn, toml_error};
 pub use extension::{Extension, ExtraFile, Filesystem};
+pub use read::MAX_TOML_BYTES;
+pub(crate) use read::read_regular_file;
+use read::read_toml;
 
 /// The default mirror of a Debian set.
 pub const DEFAULT_DEBIAN_MIRROR: &str = crate::distro::debian::DEFAULT_MIRROR;
@@ -77,26 +87,6 @@ fn display<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, 
     s.collect_str(v)
 }
 
-/// A configuration error: file, line, column, key and message.
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
-    pub key: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
-        if let Some(key) = &self.key {
-            write!(f, "key `{key}`: ")?;
-        }
-        write!(f, "{}", self.message)
-    }
-}
-
 // ---- raw TOML shape -------------------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -142,8 +132,8 @@ impl LayerSet {
     pub fn load(dir: &Path) -> anyhow::Result<LayerSet> {
         use anyhow::Context as _;
         let file = dir.join("base.toml");
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading the layer set's base layer {}", file.display()))?;
+        let text =
+            read_toml(&file).with_context(|| format!("reading the layer set's base layer {}", file.display()))?;
         let mut set = parse(&file, &text)?;
         set.dir = dir.to_path_buf();
         set.name = dir
@@ -154,8 +144,7 @@ impl LayerSet {
         let entries = std::fs::read_dir(dir).with_context(|| format!("listing the layer set {}", dir.display()))?;
         let others = extension_files(dir, entries.map(|e| e.map(|e| e.path())))?;
         for file in others {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading the extension layer {}", file.display()))?;
+            let text = read_toml(&file).with_context(|| format!("reading the extension layer {}", file.display()))?;
             set.extensions.push(extension::parse(&file, &text, dir, set.distro())?);
         }
         Ok(set)
@@ -195,7 +184,7 @@ fn extension_files(
 /// Parse and validate one `base.toml` text. `file` is only used in error messages.
 pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
     let err_at = err_fn(file, text);
-    let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(e, &err_at))?;
+    let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(e, text, &err_at))?;
 
     let d = raw.distribution;
     let Some(distro) = crate::distro::backend(d.id.get_ref()) else {
@@ -228,15 +217,19 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
             .collect::<Result<_, _>>()?,
         None => default_components.iter().map(|c| c.to_string()).collect(),
     };
-    let architecture = match d.architecture {
+    let (architecture, architecture_span) = match d.architecture {
         Some(a) => {
             check_word(&a, "distribution.architecture", &err_at)?;
-            a.into_inner()
+            (a.get_ref().clone(), Some(a.span()))
         }
-        None => default_architecture.to_string(),
+        None => (default_architecture.to_string(), None),
     };
     if let Err(e) = distro.architecture(&architecture) {
-        return Err(err_at(None, Some("distribution.architecture"), format!("{e:#}")));
+        return Err(err_at(
+            architecture_span,
+            Some("distribution.architecture"),
+            format!("{e:#}"),
+        ));
     }
 
     let b = raw.base;
@@ -308,32 +301,6 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
     })
 }
 
-type ErrAt<'a> = dyn Fn(Option<Range<usize>>, Option<&str>, String) -> ConfigError + 'a;
-
-/// An error maker for `file`: a span in `text` becomes line and column.
-fn err_fn<'a>(
-    file: &'a Path,
-    text: &'a str,
-) -> impl Fn(Option<Range<usize>>, Option<&str>, String) -> ConfigError + 'a {
-    move |span, key, message| {
-        let (line, column) = span.map_or((1, 1), |s| line_col(text, s.start));
-        ConfigError {
-            file: file.to_path_buf(),
-            line,
-            column,
-            key: key.map(str::to_string),
-            message,
-        }
-    }
-}
-
-/// A TOML or schema error, with the key serde names in its message ("unknown field `x`").
-fn toml_error(e: toml::de::Error, err_at: &ErrAt) -> ConfigError {
-    let message = e.message().trim_end().to_string();
-    let key = message.split('`').nth(1).map(str::to_string);
-    err_at(e.span(), key.as_deref(), message)
-}
-
 /// A `remove` entry: a glob over paths inside the layer, leading `/` dropped.
 fn check_remove_glob(r: &Spanned<String>, key: &str, err_at: &ErrAt) -> Result<String, ConfigError> {
     let p = r.get_ref().trim_start_matches('/');
@@ -394,16 +361,12 @@ fn check_word(w: &Spanned<String>, key: &str, err_at: &ErrAt) -> Result<(), Conf
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         Ok(())
     } else {
-        Err(err_at(Some(w.span()), Some(key), format!("`{s}` is not a valid name")))
+        Err(err_at(
+            Some(w.span()),
+            Some(key),
+            format!("`{s}` is not a valid name (letters, digits, `-`, `_` and `.`)"),
+        ))
     }
-}
-
-/// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, column)
 }
 
 #[cfg(test)]
@@ -444,7 +407,7 @@ modules = ["virtio_blk", "ext4"]
         let text = GOOD.replace("remove = [", "colour = \"red\"\nremove = [");
         let e = parse_str(&text).unwrap_err();
         assert_eq!(e.line, 8, "{e}");
-        assert_eq!(e.key.as_deref(), Some("colour"));
+        assert_eq!(e.key.as_deref(), Some("base.colour"));
         let shown = e.to_string();
         assert!(shown.starts_with("layers/test/base.toml:8:"), "{shown}");
         assert!(shown.contains("unknown field `colour`"), "{shown}");
@@ -499,6 +462,68 @@ modules = ["virtio_blk", "ext4"]
         for (text, line, key, msg) in cases {
             let e = parse_str(&text).unwrap_err();
             assert_eq!((e.line, e.key.as_deref()), (line, Some(key)), "{e}");
+            assert!(e.message.contains(msg), "{e}");
+        }
+    }
+
+    /// The key at fault is named: not the value (`key `19``), not a syntax character, and a
+    /// key written twice by its name.
+    #[test]
+    fn schema_and_syntax_errors_name_the_right_key() {
+        let cases = [
+            (
+                GOOD.replace("compression = \"xz\"", "compression = 19"),
+                (9, 15),
+                Some("base.compression"),
+                "invalid type: integer `19`, expected a string",
+            ),
+            (
+                GOOD.replace("[\"virtio_blk\", \"ext4\"]", "[\"ext4\", 7]"),
+                (13, 20),
+                Some("kernel.modules"),
+                "expected a string",
+            ),
+            (
+                GOOD.replace("[distribution]", "[distribution]\nallow-expired-release = \"yes\""),
+                (3, 25),
+                Some("distribution.allow-expired-release"),
+                "expected a boolean",
+            ),
+            (
+                GOOD.replace("release = \"trixie\"", "release = \"trixie\"\nrelease = \"forky\""),
+                (5, 1),
+                Some("release"),
+                "duplicate key: `release` is set twice",
+            ),
+            (
+                GOOD.replace("[kernel]", "[kernel]\n[kernel]"),
+                (12, 2),
+                Some("kernel"),
+                "duplicate key: `kernel` is set twice",
+            ),
+            (GOOD.replace("[kernel]", "[kernel"), (11, 8), None, "unclosed table"),
+            (
+                GOOD.replace("[kernel]", "[kernel]\nmodule = []"),
+                (12, 1),
+                Some("kernel.module"),
+                "unknown field `module`",
+            ),
+            (
+                GOOD.replace("package = \"linux-image-amd64\"\n", ""),
+                (11, 1),
+                Some("kernel.package"),
+                "missing field `package`",
+            ),
+            (
+                GOOD.replace("release = \"trixie\"", "release = \"trixie\"\narchitecture = \"sparc\""),
+                (5, 16),
+                Some("distribution.architecture"),
+                "sparc",
+            ),
+        ];
+        for (text, at, key, msg) in cases {
+            let e = parse_str(&text).unwrap_err();
+            assert_eq!(((e.line, e.column), e.key.as_deref()), (at, key), "{e}");
             assert!(e.message.contains(msg), "{e}");
         }
     }

@@ -26,7 +26,7 @@ pub struct Reference {
 /// Why a string is not a [`Reference`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "`{given}` is not a registry reference: {reason} (expected host[:port]/repository[:tag][@sha256:…], e.g. 127.0.0.1:5000/initrd/network:13)"
+    "`{given}` is not a registry reference: {reason}; a reference is host[:port]/repository[:tag][@sha256:…], e.g. 127.0.0.1:5000/initrd/network:13"
 )]
 pub struct BadReference {
     /// The string as given.
@@ -94,6 +94,7 @@ fn split_host_port(s: &str) -> Result<(&str, Option<u16>), String> {
     };
     let port = match port {
         None => None,
+        Some("") => return Err("the port after the `:` is missing".into()),
         Some(p) => Some(p.parse::<u16>().map_err(|_| format!("`{p}` is not a port number"))?),
     };
     Ok((host, port))
@@ -154,6 +155,11 @@ impl FromStr for Reference {
             reason,
         };
         let s_trim = s.strip_prefix("docker://").unwrap_or(s);
+        if let Some((scheme, rest)) = s_trim.split_once("://") {
+            return Err(bad(format!(
+                "a reference has no URL scheme: drop the `{scheme}://` and write `{rest}` (strata speaks HTTPS, or plain HTTP to a loopback registry or with --insecure)"
+            )));
+        }
         let (rest, digest) = match s_trim.split_once('@') {
             Some((rest, d)) => (rest, Some(d.parse::<Digest>().map_err(|e| bad(e.to_string()))?)),
             None => (s_trim, None),
@@ -179,6 +185,11 @@ impl FromStr for Reference {
         };
         if repository.len() > 255 {
             return Err(bad("the repository name is longer than 255 characters".into()));
+        }
+        if repository.split('/').any(str::is_empty) {
+            return Err(bad(
+                "the repository has an empty path component (a `//`, or a `/` at its start or end)".into(),
+            ));
         }
         if let Some(c) = repository.split('/').find(|c| !valid_component(c)) {
             return Err(bad(format!(
@@ -251,10 +262,17 @@ mod tests {
             ("debian/network:13", "does not look like a registry host"),
             ("registry.example", "no repository"),
             ("registry.example/Upper", "component `Upper`"),
-            ("registry.example/a//b", "component ``"),
+            ("registry.example/a//b", "empty path component"),
+            ("registry.example/a/", "empty path component"),
+            ("registry.example:/a", "the port after the `:` is missing"),
             ("registry.example/a:t:u", "component `a:t`"),
             ("registry.example/a:-t", "tag `-t`"),
             ("registry.example:99999/a", "not a port"),
+            (
+                "http://127.0.0.1:5000/x:1",
+                "drop the `http://` and write `127.0.0.1:5000/x:1`",
+            ),
+            ("https://registry.example/a", "drop the `https://`"),
             ("registry.example/a@sha256:abc", "not a sha256 digest"),
             ("[::1/a", "closing"),
             ("bad_host.example/a", "not a valid host name"),
@@ -262,6 +280,8 @@ mod tests {
             let err = s.parse::<Reference>().unwrap_err().to_string();
             assert!(err.contains(why), "{s}: {err}");
             assert!(err.contains(s), "{s}: {err}");
+            assert!(!err.contains("``"), "an empty value named: {s}: {err}");
+            assert!(err.matches("(expected").count() <= 1, "said twice: {err}");
         }
     }
 }

@@ -50,6 +50,9 @@ pub use verify::verify_detached;
 /// Size of a development key's RSA modulus.
 pub const DEV_KEY_BITS: usize = 2048;
 
+/// The RSA modulus sizes strata can sign and verify with (what the `rsa` crate accepts).
+pub const KEY_BITS: std::ops::RangeInclusive<usize> = PublicKey::MIN_SIZE..=PublicKey::MAX_SIZE;
+
 const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 const SHA_256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
 const ID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
@@ -65,12 +68,33 @@ pub enum PemKind {
     Certificate,
 }
 
+impl std::fmt::Display for PemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PemKind::PrivateKey => "private key",
+            PemKind::Certificate => "certificate",
+        })
+    }
+}
+
 /// Errors from making keys, loading them, and signing.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The input is not PEM at all.
-    #[error("{expected:?} input is not PEM")]
+    /// The input is empty.
+    #[error("the file is empty; expected a PEM {expected}")]
+    Empty { expected: PemKind },
+    /// The input has no PEM block at all (it may be DER, or something else entirely).
+    #[error(
+        "the file holds no PEM {expected} (no `-----BEGIN` line){}",
+        match expected {
+            PemKind::PrivateKey => "; convert a DER key with `openssl pkey -inform der`",
+            PemKind::Certificate => "; convert a DER certificate with `openssl x509 -inform der`",
+        }
+    )]
+    NoPem { expected: PemKind },
+    /// The input has a PEM header but does not decode as PEM.
+    #[error("the PEM {expected} does not decode")]
     NotPem {
         expected: PemKind,
         #[source]
@@ -86,10 +110,17 @@ pub enum Error {
     #[error("the private key is encrypted; decrypt it first (openssl pkey -in KEY -out PLAIN)")]
     EncryptedKey,
     /// The key (or the certificate's public key) is not RSA.
-    #[error("{source_kind:?} holds a {algorithm} key; only RSA keys are supported")]
+    #[error("the {source_kind} holds a {algorithm} key; only RSA keys are supported")]
     UnsupportedKeyAlgorithm { source_kind: PemKind, algorithm: String },
+    /// An RSA key of a size strata cannot sign or verify with.
+    #[error(
+        "the {source_kind} holds a {bits}-bit RSA key; strata needs {} to {} bits (`strata keygen` makes {DEV_KEY_BITS})",
+        KEY_BITS.start(),
+        KEY_BITS.end()
+    )]
+    KeySize { source_kind: PemKind, bits: usize },
     /// The DER inside the PEM block does not parse.
-    #[error("malformed {expected:?}")]
+    #[error("malformed {expected}")]
     Malformed {
         expected: PemKind,
         #[source]
@@ -284,6 +315,12 @@ impl std::fmt::Debug for Signer {
 }
 
 fn pem(input: &[u8], expected: PemKind) -> Result<(String, Vec<u8>), Error> {
+    if input.trim_ascii().is_empty() {
+        return Err(Error::Empty { expected });
+    }
+    if !input.windows(10).any(|w| w == b"-----BEGIN") {
+        return Err(Error::NoPem { expected });
+    }
     let (label, der) = der::pem::decode_vec(input).map_err(|source| Error::NotPem { expected, source })?;
     Ok((label.to_owned(), der))
 }
@@ -318,9 +355,13 @@ pub fn load_private_key(pem_bytes: &[u8]) -> Result<PrivateKey, Error> {
                     algorithm,
                 });
             }
-            PrivateKey::from_pkcs8_der(&der).map_err(Error::InvalidPkcs8Key)
+            PrivateKey::from_pkcs8_der(&der)
+                .map_err(Error::InvalidPkcs8Key)
+                .and_then(private_key_size)
         }
-        "RSA PRIVATE KEY" => PrivateKey::from_pkcs1_der(&der).map_err(Error::InvalidPkcs1Key),
+        "RSA PRIVATE KEY" => PrivateKey::from_pkcs1_der(&der)
+            .map_err(Error::InvalidPkcs1Key)
+            .and_then(private_key_size),
         "ENCRYPTED PRIVATE KEY" => Err(Error::EncryptedKey),
         "EC PRIVATE KEY" | "DSA PRIVATE KEY" | "OPENSSH PRIVATE KEY" => Err(Error::UnsupportedKeyAlgorithm {
             source_kind: PemKind::PrivateKey,
@@ -330,16 +371,65 @@ pub fn load_private_key(pem_bytes: &[u8]) -> Result<PrivateKey, Error> {
     }
 }
 
+/// A private key of a size strata can sign with (the `rsa` crate loads smaller ones).
+fn private_key_size(key: PrivateKey) -> Result<PrivateKey, Error> {
+    let bits = rsa::traits::PublicKeyParts::n(&key).bit_width() as usize;
+    if KEY_BITS.contains(&bits) {
+        Ok(key)
+    } else {
+        Err(Error::KeySize {
+            source_kind: PemKind::PrivateKey,
+            bits,
+        })
+    }
+}
+
+/// A certificate whose RSA public key strata can use; an RSA key of another size is named
+/// by its size here, not later as a key that "does not parse". Keys of other algorithms are
+/// refused where they are used.
+fn certificate_key_size(certificate: Certificate) -> Result<Certificate, Error> {
+    let spki = certificate.tbs_certificate().subject_public_key_info();
+    if spki.algorithm.oid != RSA_ENCRYPTION {
+        return Ok(certificate);
+    }
+    if let Err(e) = PublicKey::try_from(spki.owned_to_ref()) {
+        let modulus = spki
+            .subject_public_key
+            .as_bytes()
+            .and_then(|b| rsa::pkcs1::RsaPublicKey::<der::asn1::UintRef>::from_der(b).ok())
+            .map(|k| k.modulus.as_bytes().to_vec());
+        return Err(match modulus {
+            Some(n) => {
+                // DER integers are minimal (UintRef drops the sign byte): the first byte is
+                // the top one.
+                let bits = n.first().map_or(0, |b| n.len() * 8 - b.leading_zeros() as usize);
+                if KEY_BITS.contains(&bits) {
+                    Error::InvalidCertificateKey(e)
+                } else {
+                    Error::KeySize {
+                        source_kind: PemKind::Certificate,
+                        bits,
+                    }
+                }
+            }
+            None => Error::InvalidCertificateKey(e),
+        });
+    }
+    Ok(certificate)
+}
+
 /// Load an X.509 certificate from PEM.
 pub fn load_certificate(pem_bytes: &[u8]) -> Result<Certificate, Error> {
     let (label, der) = pem(pem_bytes, PemKind::Certificate)?;
     if label != "CERTIFICATE" {
         return Err(Error::NotACertificate { label });
     }
-    Certificate::from_der(&der).map_err(|source| Error::Malformed {
-        expected: PemKind::Certificate,
-        source,
-    })
+    Certificate::from_der(&der)
+        .map_err(|source| Error::Malformed {
+            expected: PemKind::Certificate,
+            source,
+        })
+        .and_then(certificate_key_size)
 }
 
 impl Signer {
@@ -431,10 +521,17 @@ pub fn load_certificate_pem_or_der(bytes: &[u8]) -> Result<Certificate, Error> {
     if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
         return load_certificate(bytes);
     }
-    Certificate::from_der(bytes).map_err(|source| Error::Malformed {
-        expected: PemKind::Certificate,
-        source,
-    })
+    if bytes.trim_ascii().is_empty() {
+        return Err(Error::Empty {
+            expected: PemKind::Certificate,
+        });
+    }
+    Certificate::from_der(bytes)
+        .map_err(|source| Error::Malformed {
+            expected: PemKind::Certificate,
+            source,
+        })
+        .and_then(certificate_key_size)
 }
 
 /// SHA-256 of the certificate's DER encoding, lowercase hex (what `openssl x509 -fingerprint
@@ -461,6 +558,30 @@ mod tests {
             generate_dev_key("strata test, \"quoted\"", from, from + Duration::from_secs(86400 * 365)).unwrap()
         })
     }
+
+    /// A 512-bit RSA key (`openssl req -x509 -newkey rsa:512`): loads in the `rsa` crate, too small to use.
+    const RSA_512_KEY: &str = "-----BEGIN PRIVATE KEY-----\n\
+MIIBVQIBADANBgkqhkiG9w0BAQEFAASCAT8wggE7AgEAAkEAt/Vj39el11y/lDh1\n\
+mryGcOgPD5JrnjwZUMA3ALrXTFfSen852N+TmROeuTeipNd34Id1D4TaIOjSfVRW\n\
+IKM8ZwIDAQABAkEAlyAxfKNcyyCXAt2fQA/BIuCB/vj7EHOvGHfQt/jHBx94o9HA\n\
+w/Ua07pwJmfxL/gaYQ6EFFeFp/v2Ja+yOyQqAQIhAO/J9avwK4UBos3KC9JZB4/0\n\
+wRmXEe5KyI0lv6795gMXAiEAxGUr4aSWFp0fFznDtC+ejwTqA1wEVVuiS7mKWESj\n\
+ozECIQClLZDvDPVdnP/iFJFKKAv+jVJLZ3ZxmNBH8r31NG8ypwIgIcFByYaARWK7\n\
+9UH4YP/OQMaXcfxewkz9mAZLwOALQAECIFT05e2VT+0wgCpyqIMxWgUv9vzdHW4x\n\
+/SrNYw9dTV68\n\
+-----END PRIVATE KEY-----\n";
+
+    /// The self-signed certificate of [`RSA_512_KEY`].
+    const RSA_512_CERT: &str = "-----BEGIN CERTIFICATE-----\n\
+MIIBdzCCASGgAwIBAgIUEHII1Yqs9Yjo8x2pjOUHmnrqvOcwDQYJKoZIhvcNAQEL\n\
+BQAwEDEOMAwGA1UEAwwFc21hbGwwHhcNMjYxMjA0MTk1MTE5WhcNMjYxMjE0MTk1\n\
+MTE5WjAQMQ4wDAYDVQQDDAVzbWFsbDBcMA0GCSqGSIb3DQEBAQUAA0sAMEgCQQC3\n\
+9WPf16XXXL+UOHWavIZw6A8PkmuePBlQwDcAutdMV9J6fznY35OZE565N6Kk13fg\n\
+h3UPhNog6NJ9VFYgozxnAgMBAAGjUzBRMB0GA1UdDgQWBBQy4D+mCrkXDbfd5djm\n\
+gih1ToUfNTAfBgNVHSMEGDAWgBQy4D+mCrkXDbfd5djmgih1ToUfNTAPBgNVHRMB\n\
+Af8EBTADAQH/MA0GCSqGSIb3DQEBCwUAA0EAkdG68IQIZegDgONmhTdJTMSfJBi/\n\
+ZlR02yPRrS2T3Uq/+kunuX6BXYLP4MsLx8PEc/Vz5qSdw/rF3sxukGfl0g==\n\
+-----END CERTIFICATE-----\n";
 
     const ED25519_KEY: &str = "-----BEGIN PRIVATE KEY-----\n\
         MC4CAQAwBQYDK2VwBCIEIAlKRhdZq1lWTfyb/BtyfkR3rWdkpwO4qvrOntfxeuux\n\
@@ -538,9 +659,8 @@ mod tests {
         let (key, cert) = (pair.key_pem.as_bytes(), pair.certificate_pem.as_bytes());
         assert!(matches!(
             load_private_key(b"not pem"),
-            Err(Error::NotPem {
+            Err(Error::NoPem {
                 expected: PemKind::PrivateKey,
-                ..
             })
         ));
         assert!(matches!(load_private_key(cert), Err(Error::NotAKey { label }) if label == "CERTIFICATE"));
@@ -569,5 +689,56 @@ mod tests {
             "{err}"
         );
         Signer::from_pem(key, cert).unwrap();
+    }
+
+    /// What the user reads: an empty file is empty (not "a NUL byte"), text without PEM
+    /// says so, and a too-small key is named by its size (not as a key that does not match).
+    #[test]
+    fn messages_say_what_is_wrong_with_the_file() {
+        let show = |e: Error| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text += &format!(": {s}");
+                source = s.source();
+            }
+            text
+        };
+        let cases: [(Result<(), Error>, &str); 8] = [
+            (
+                load_private_key(b"").map(drop),
+                "the file is empty; expected a PEM private key",
+            ),
+            (load_private_key(b"\n  \n").map(drop), "the file is empty"),
+            (
+                load_certificate(b"").map(drop),
+                "the file is empty; expected a PEM certificate",
+            ),
+            (
+                load_certificate_pem_or_der(b"").map(drop),
+                "the file is empty; expected a PEM certificate",
+            ),
+            (
+                load_private_key(b"hello\n").map(drop),
+                "the file holds no PEM private key (no `-----BEGIN` line); convert a DER key",
+            ),
+            (
+                load_certificate(b"hello\n").map(drop),
+                "the file holds no PEM certificate (no `-----BEGIN` line)",
+            ),
+            (
+                load_private_key(RSA_512_KEY.as_bytes()).map(drop),
+                "the private key holds a 512-bit RSA key; strata needs 1024 to 8192 bits (`strata keygen` makes 2048)",
+            ),
+            (
+                load_certificate(RSA_512_CERT.as_bytes()).map(drop),
+                "the certificate holds a 512-bit RSA key; strata needs 1024 to 8192 bits",
+            ),
+        ];
+        for (result, want) in cases {
+            let text = show(result.unwrap_err());
+            assert!(text.contains(want), "want {want:?} in {text:?}");
+            assert!(!text.contains("NUL byte") && !text.contains("PrivateKey"), "{text}");
+        }
     }
 }
