@@ -29,6 +29,10 @@ pub enum Error {
     ReadEntry { path: String, source: io::Error },
     #[error("reading tar stream")]
     Read(#[source] io::Error),
+    /// The tar stream is longer than [`ReadOptions::max_size`] allows (a decompression bomb,
+    /// or a layer far beyond any real one).
+    #[error("the layer tar is larger than the limit of {limit} bytes (at entry `{path}`)")]
+    TooLarge { path: String, limit: u64 },
     #[error("writing tar entry `{path}`")]
     Write { path: String, source: io::Error },
 }
@@ -124,6 +128,10 @@ pub struct ReadOptions {
     /// Drop this leading directory from every path (e.g. `root` for a tar of `/root` from a
     /// container); the directory entry itself is dropped too.
     pub strip_prefix: Option<String>,
+    /// Refuse a tar stream longer than this many bytes (headers, data and padding, as read):
+    /// the layer model holds every file's data in memory, so this bounds what an untrusted
+    /// layer can make us allocate. None: no limit (a tar we made ourselves).
+    pub max_size: Option<u64>,
 }
 
 impl Layer {
@@ -228,12 +236,37 @@ impl Layer {
 
     /// Read a tar stream (as podman's archive endpoint or an OCI layer gives it).
     pub fn read_tar(r: impl Read, opts: &ReadOptions) -> Result<Layer, Error> {
-        let mut archive = tar::Archive::new(r);
+        let limit = opts.max_size.unwrap_or(u64::MAX);
+        let exceeded = std::rc::Rc::new(std::cell::Cell::new(false));
+        let counted = Counted {
+            inner: r,
+            read: 0,
+            limit,
+            exceeded: exceeded.clone(),
+        };
+        let mut archive = tar::Archive::new(counted);
         let mut entries = Vec::new();
+        let mut last = String::from("<start of archive>");
+        let too_large = |path: &str| Error::TooLarge {
+            path: path.to_string(),
+            limit,
+        };
+        // Whatever the tar crate made of the counter's error, it is the limit.
+        let over = |_: &io::Error| exceeded.get();
         for item in archive.entries().map_err(Error::Read)? {
-            let mut t = item.map_err(Error::Read)?;
+            let mut t = match item {
+                Ok(t) => t,
+                Err(e) if over(&e) => return Err(too_large(&last)),
+                Err(e) => return Err(Error::Read(e)),
+            };
             let raw_path = t.path_bytes().into_owned();
             let shown = String::from_utf8_lossy(&raw_path).into_owned();
+            last.clone_from(&shown);
+            // A header may claim any size; only what is read is counted, but nothing is
+            // reserved beyond the limit either.
+            if t.size() > limit {
+                return Err(too_large(&shown));
+            }
             let Some(path) = clean_path(&raw_path, opts.strip_prefix.as_deref(), &shown)? else {
                 continue;
             };
@@ -312,10 +345,16 @@ impl Layer {
             }
             let kind = match kind {
                 EntryKind::File { .. } => {
-                    let mut data = Vec::with_capacity(t.size() as usize);
-                    t.read_to_end(&mut data).map_err(|e| Error::ReadEntry {
-                        path: shown.clone(),
-                        source: e,
+                    let mut data = Vec::with_capacity(usize::try_from(t.size()).unwrap_or(0));
+                    t.read_to_end(&mut data).map_err(|e| {
+                        if over(&e) {
+                            too_large(&shown)
+                        } else {
+                            Error::ReadEntry {
+                                path: shown.clone(),
+                                source: e,
+                            }
+                        }
                     })?;
                     EntryKind::File { data }
                 }
@@ -407,6 +446,36 @@ impl Layer {
                 source,
             })?;
         Ok(())
+    }
+}
+
+/// A reader that fails (and sets `exceeded`) once more than `limit` bytes went through it.
+struct Counted<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+    exceeded: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.read >= self.limit {
+            // One byte more than the limit tells a stream that ends exactly at it from one
+            // that goes on.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => {
+                    self.exceeded.set(true);
+                    Err(io::Error::other(format!("more than {} bytes", self.limit)))
+                }
+            };
+        }
+        let room = usize::try_from(self.limit - self.read).unwrap_or(usize::MAX);
+        let n = buf.len().min(room);
+        let got = self.inner.read(&mut buf[..n])?;
+        self.read += got as u64;
+        Ok(got)
     }
 }
 
@@ -667,6 +736,7 @@ mod tests {
             tar.as_slice(),
             &ReadOptions {
                 strip_prefix: Some("root".into()),
+                ..Default::default()
             },
         )
         .unwrap();
@@ -676,10 +746,56 @@ mod tests {
             tar.as_slice(),
             &ReadOptions {
                 strip_prefix: Some("other".into()),
+                ..Default::default()
             },
         )
         .unwrap_err();
         assert!(matches!(err, Error::UnsafePath { .. }), "{err}");
+    }
+
+    #[test]
+    fn reads_stop_at_the_size_limit() {
+        let big = Layer::from_entries(vec![
+            Entry::file("a", vec![1u8; 10_000], 0o644, 0),
+            Entry::file("b/big", vec![0u8; 1 << 20], 0o644, 0),
+        ])
+        .unwrap();
+        let mut tar = Vec::new();
+        big.write_tar(&mut tar).unwrap();
+        let limited = |max: u64| ReadOptions {
+            max_size: Some(max),
+            ..Default::default()
+        };
+        // The stream's length is enough; the end of the last file's data is not (what
+        // follows it, the end-of-archive blocks, need not all be read).
+        let len = tar.len() as u64;
+        assert_eq!(Layer::read_tar(tar.as_slice(), &limited(len)).unwrap(), big);
+        let err = Layer::read_tar(tar.as_slice(), &limited(len - 1024 - 1)).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+        let err = Layer::read_tar(tar.as_slice(), &limited(64 << 10)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the layer tar is larger than the limit of 65536 bytes (at entry `b/big`)"
+        );
+        // A header that claims a terabyte is refused before anything is reserved for it.
+        let mut liar = Vec::new();
+        let mut h = tar::Header::new_gnu();
+        h.set_path("huge").unwrap();
+        h.set_size(1 << 40);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        liar.extend_from_slice(h.as_bytes());
+        liar.extend_from_slice(&[0; 4096]);
+        let err = Layer::read_tar(liar.as_slice(), &limited(1 << 30)).unwrap_err();
+        assert!(
+            matches!(&err, Error::TooLarge { path, limit: 1_073_741_824 } if path == "huge"),
+            "{err}"
+        );
+        // No limit: as before.
+        assert_eq!(Layer::read_tar(tar.as_slice(), &ReadOptions::default()).unwrap(), big);
     }
 
     #[test]
