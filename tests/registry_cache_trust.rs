@@ -326,6 +326,18 @@ fn entries_signed_by_another_certificate_are_refused() {
 #[test]
 fn honest_signed_entries_give_byte_identical_products() {
     let w = World::filled();
+    // Signed once: a second --cache-to finds the same signatures there.
+    let signature_puts = || {
+        w.registry
+            .log()
+            .iter()
+            .filter(|l| l.starts_with("PUT ") && l.contains(".sig "))
+            .count()
+    };
+    assert_eq!(signature_puts(), 2, "{:?}", w.registry.log());
+    let to = ["--cache-to", &w.repo(), "--key", s(&w.key.0), "--cert", s(&w.key.1)];
+    ok(build(&w.cache_a, &w.out_a, &to));
+    assert_eq!(signature_puts(), 2, "{:?}", w.registry.log());
     // The signatures are referrers of the layer manifests.
     {
         let st = w.registry.state.lock().unwrap();
