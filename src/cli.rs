@@ -45,12 +45,30 @@ pub enum Command {
         #[arg(long)]
         rebuild: bool,
         /// A registry repository (host[:port]/repo, no tag) to pull layers the store lacks
-        /// from, before building them; layers are tagged KIND-<cache key hex>.
+        /// from, before building them; layers are tagged KIND-<cache key hex>. Only layers
+        /// signed by a --cache-trust certificate are taken; the others are built.
         #[arg(long, value_name = "REPO", value_parser = cache_repository)]
         cache_from: Option<String>,
-        /// A registry repository (host[:port]/repo, no tag) to push the build's layers to.
+        /// A registry repository (host[:port]/repo, no tag) to push the build's layers to,
+        /// each with a signature (tag KIND-<cache key hex>.sig) by --cache-key, or --key.
         #[arg(long, value_name = "REPO", value_parser = cache_repository)]
         cache_to: Option<String>,
+        /// PEM private key (RSA) that signs the layers pushed to --cache-to
+        /// [default: --key].
+        #[arg(long, requires = "cache_cert", value_name = "FILE")]
+        cache_key: Option<PathBuf>,
+        /// PEM certificate of --cache-key.
+        #[arg(long, requires = "cache_key", value_name = "FILE")]
+        cache_cert: Option<PathBuf>,
+        /// A certificate (PEM or DER) whose signatures make --cache-from layers trusted
+        /// (repeatable) [default: --cache-cert, else --cert].
+        #[arg(long = "cache-trust", value_name = "CERT")]
+        cache_trust: Vec<PathBuf>,
+        /// Take --cache-from layers that are not signed by a trusted certificate. That
+        /// registry can then put anything into the products (and get it signed with
+        /// --key): only for a registry as trusted as this machine.
+        #[arg(long)]
+        cache_insecure_accept_unsigned: bool,
         /// Talk plain HTTP to the --cache-from/--cache-to registries (loopback always is).
         #[arg(long)]
         insecure: bool,
@@ -107,6 +125,14 @@ pub enum Command {
         /// Talk plain HTTP to the registry (loopback always is).
         #[arg(long)]
         insecure: bool,
+        /// PEM private key (RSA) that signs the layers under their cache tags
+        /// (KIND-<cache key hex>.sig), so that `build --cache-from` trusts them; without
+        /// it they are pushed unsigned.
+        #[arg(long, requires = "cert", value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// PEM certificate of --key (what `build --cache-trust` names).
+        #[arg(long, requires = "key", value_name = "FILE")]
+        cert: Option<PathBuf>,
     },
     /// Pull a product (or every product of a pushed build, given its index tag) from a
     /// registry into a directory, verifying every digest.

@@ -72,6 +72,10 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
             rebuild,
             cache_from,
             cache_to,
+            cache_key,
+            cache_cert,
+            cache_trust,
+            cache_insecure_accept_unsigned,
             insecure,
             key,
             cert,
@@ -92,7 +96,11 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
                     from: cache_from,
                     to: cache_to,
                     client: registry_client(insecure),
-                },
+                    trust: cache_trust,
+                    accept_unsigned: cache_insecure_accept_unsigned,
+                    signing: None,
+                }
+                .with_defaults(cache_key.zip(cache_cert), key.clone().zip(cert.clone())),
                 signing: key.zip(cert),
                 extensions: strata::cli::extension_selection(extensions, no_extensions)?,
                 cancel,
@@ -129,6 +137,8 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
             version,
             source,
             insecure,
+            key,
+            cert,
         } => {
             let cache_dir = match cache_dir {
                 Some(d) => d,
@@ -141,6 +151,7 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
                 version,
                 source,
                 client: registry_client(insecure),
+                signing: key.zip(cert),
             };
             let summary = strata::registry::push::run(&opts).await?;
             for line in summary.lines() {

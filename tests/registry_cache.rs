@@ -60,6 +60,26 @@ fn second_machine_builds_from_the_registry_without_an_engine() {
     let (cache_a, out_a) = (tmp.path().join("a"), tmp.path().join("out-a"));
     let layers = fake_build::fake_layers(&Store::open(&cache_a.join("oci")).unwrap(), 5);
     let repo = format!("{addr}/{}", fresh_repo("cache"));
+    // A signs what it pushes; B trusts A's certificate (tests/registry_cache_trust.rs has
+    // the entries B must refuse).
+    let keys = tmp.path().join("keys");
+    let keygen = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["keygen", "--output"])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{}", String::from_utf8_lossy(&keygen.stderr));
+    let (key, cert) = (keys.join("sysext.key"), keys.join("sysext.crt"));
+    let signed = |flag: &'static str, repo: &str| -> Vec<String> {
+        vec![
+            flag.to_string(),
+            repo.to_string(),
+            "--key".into(),
+            key.display().to_string(),
+            "--cert".into(),
+            cert.display().to_string(),
+        ]
+    };
 
     // Without a cache, an empty store needs the engine: the gate below really bites.
     let (cache_c, out_c) = (tmp.path().join("c"), tmp.path().join("out-c"));
@@ -69,7 +89,9 @@ fn second_machine_builds_from_the_registry_without_an_engine() {
     assert!(stderr.contains("container engine"), "{stderr}");
 
     // Machine A: every layer is in its store; --cache-to fills the registry.
-    ok(build(&cache_a, &out_a, &["--cache-to", &repo]));
+    let to: Vec<String> = signed("--cache-to", &repo);
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    ok(build(&cache_a, &out_a, &to));
     let client = Client::new(
         &addr,
         ClientOptions {
@@ -86,7 +108,7 @@ fn second_machine_builds_from_the_registry_without_an_engine() {
         assert_eq!(there.as_ref(), Some(&l.manifest), "{tag}");
     }
     // A second --cache-to finds them there.
-    let stderr = ok(build(&cache_a, &out_a, &["--cache-to", &repo]));
+    let stderr = ok(build(&cache_a, &out_a, &to));
     assert_eq!(
         stderr.matches("the remote cache has the layer already").count(),
         2,
@@ -95,7 +117,9 @@ fn second_machine_builds_from_the_registry_without_an_engine() {
 
     // Machine B: empty cache dir, no engine; everything comes from --cache-from.
     let (cache_b, out_b) = (tmp.path().join("b"), tmp.path().join("out-b"));
-    let stderr = ok(build(&cache_b, &out_b, &["--cache-from", &repo]));
+    let from: Vec<String> = signed("--cache-from", &repo);
+    let from: Vec<&str> = from.iter().map(String::as_str).collect();
+    let stderr = ok(build(&cache_b, &out_b, &from));
     assert_eq!(
         stderr.matches("layer pulled from the remote cache").count(),
         2,
@@ -129,7 +153,11 @@ fn second_machine_builds_from_the_registry_without_an_engine() {
     // here, without one, saying so).
     let empty = format!("{addr}/{}", fresh_repo("empty"));
     let (cache_d, out_d) = (tmp.path().join("d"), tmp.path().join("out-d"));
-    let out = build(&cache_d, &out_d, &["--cache-from", &empty]);
+    let out = build(
+        &cache_d,
+        &out_d,
+        &["--cache-from", &empty, "--cache-trust", cert.to_str().unwrap()],
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -144,7 +172,11 @@ fn cache_references_name_a_repository() {
     let out = build(
         tmp.path(),
         &tmp.path().join("out"),
-        &["--cache-from", "127.0.0.1:5000/cache:13"],
+        &[
+            "--cache-from",
+            "127.0.0.1:5000/cache:13",
+            "--cache-insecure-accept-unsigned",
+        ],
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -10,6 +10,7 @@
 //! | `REPO:TAG-kernel`           | the kernel image ([`oci::KERNEL_ARTIFACT`])                 |
 //! | `REPO:TAG-sysext-NAME`      | `NAME.sysext.raw` ([`SYSEXT_ARTIFACT`], blob `application/vnd.efi.img`) |
 //! | `REPO:base-HEX`, `REPO:kernel-HEX` | the layers as built, under their cache tags ([`remote_cache::tag`]) |
+//! | `REPO:base-HEX.sig`, …      | with `--key`/`--cert`: each layer's signature, which `build --cache-from` requires |
 //!
 //! A product artifact is an OCI image manifest with the empty `{}` config and one blob, the
 //! product file, annotated with `org.opencontainers.image.title` (its file name, which
@@ -71,6 +72,9 @@ pub struct Options {
     /// `org.opencontainers.image.source`.
     pub source: Option<String>,
     pub client: ClientOptions,
+    /// A key and its certificate that sign the layers under their cache tags, so that
+    /// `strata build --cache-from` trusts them ([`remote_cache`]).
+    pub signing: Option<(PathBuf, PathBuf)>,
 }
 
 /// One manifest pushed.
@@ -192,6 +196,14 @@ pub async fn run(opts: &Options) -> Result<Summary> {
     let store_dir = opts.cache_dir.join("oci");
     let store = Store::open(&store_dir).with_context(|| format!("opening the layer store {}", store_dir.display()))?;
     let client = Client::new(&reference.registry, opts.client.clone())?;
+    let signer = match &opts.signing {
+        Some((key, cert)) => Some(
+            crate::products::sysext::Signing::load(key, cert)
+                .context("loading the key that signs the layers")?
+                .signer,
+        ),
+        None => None,
+    };
     let mut summary = Summary::default();
 
     // The layers, under their cache tags.
@@ -231,6 +243,22 @@ pub async fn run(opts: &Options) -> Result<Summary> {
         let t = registry::push(&client, &store, &name, &remote, &PushOptions::default())
             .await
             .with_context(|| format!("pushing the {} layer to {remote}", layer.kind))?;
+        match &signer {
+            Some(signer) => remote_cache::sign_entry(
+                &client,
+                &store,
+                &reference,
+                &layer.kind,
+                &layer.key,
+                &t.manifest,
+                signer,
+            )
+            .await
+            .with_context(|| format!("pushing the signature of the {} layer to {remote}.sig", layer.kind))?,
+            None => {
+                warn!(layer = %layer.kind, %remote, "no --key/--cert: the layer is pushed unsigned, and `strata build --cache-from` does not take it")
+            }
+        }
         summary.pushed.push(Pushed {
             what: format!("layer-{}", layer.kind),
             reference: remote.to_string(),

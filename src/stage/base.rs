@@ -131,6 +131,7 @@ pub(crate) fn read_root(tar: &[u8]) -> Result<Layer> {
         tar,
         &ReadOptions {
             strip_prefix: Some("target".into()),
+            ..Default::default()
         },
     )
     .context("reading the build root from the container")

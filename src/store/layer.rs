@@ -104,18 +104,68 @@ impl Write for LayerWriter {
     }
 }
 
+/// The largest uncompressed layer tar [`read`] accepts unless `STRATA_MAX_LAYER_SIZE`
+/// (bytes, or with a `K`, `M` or `G` suffix) says otherwise: 1 GiB. The layer model holds
+/// every file in memory, so this is what a hostile layer (a zstd bomb from a cache
+/// registry: 33 KB that decompress to GBs) can make strata allocate. Real layers are far
+/// below it: a Debian base layer is about 100 MB, the largest extension a few hundred.
+pub const MAX_LAYER_SIZE: u64 = 1 << 30;
+
+/// The environment variable that raises (or lowers) [`MAX_LAYER_SIZE`].
+pub const MAX_LAYER_SIZE_ENV: &str = "STRATA_MAX_LAYER_SIZE";
+
+/// [`MAX_LAYER_SIZE`], or what [`MAX_LAYER_SIZE_ENV`] says.
+pub fn max_layer_size() -> anyhow::Result<u64> {
+    let Some(v) = std::env::var_os(MAX_LAYER_SIZE_ENV).filter(|v| !v.is_empty()) else {
+        return Ok(MAX_LAYER_SIZE);
+    };
+    let text = v.to_string_lossy();
+    parse_size(&text).ok_or_else(|| {
+        anyhow::anyhow!("{MAX_LAYER_SIZE_ENV}=`{text}` is not a size in bytes (e.g. 4G, 1500M or 2147483648)")
+    })
+}
+
+/// A positive number of bytes, with an optional `K`, `M` or `G` (binary) suffix.
+fn parse_size(text: &str) -> Option<u64> {
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&text[..i], 10),
+        Some((i, 'M' | 'm')) => (&text[..i], 20),
+        Some((i, 'G' | 'g')) => (&text[..i], 30),
+        _ => (text, 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| *n > 0)
+}
+
 /// Read the layer blob `digest` from `store` into a [`Layer`], streaming. The whole blob is
 /// hashed on the way and checked before the layer is returned: a corrupt blob is removed
-/// and reported as [`Error::DigestMismatch`], whether or not it still decompressed.
+/// and reported as [`Error::DigestMismatch`], whether or not it still decompressed. An
+/// uncompressed tar above [`max_layer_size`] is refused, naming the limit, as soon as the
+/// limit is passed.
 pub fn read(store: &Store, digest: &Digest) -> anyhow::Result<Layer> {
     use anyhow::Context as _;
+    let max = max_layer_size()?;
+    let opts = ReadOptions {
+        max_size: Some(max),
+        ..Default::default()
+    };
     let mut blob = store.blob_reader(digest)?;
     let layer = zstd::stream::read::Decoder::new(&mut blob)
         .map_err(anyhow::Error::from)
-        .and_then(|decoder| Ok(Layer::read_tar(decoder, &ReadOptions::default())?));
+        .and_then(|decoder| Ok(Layer::read_tar(decoder, &opts)?));
     // Verified first: a decompression or tar error of a corrupt blob is reported as the
-    // corruption it is.
+    // corruption it is. (The rest of a blob refused for its size is compressed bytes only.)
     blob.finish()?;
+    if let Err(e) = &layer
+        && let Some(strata_format::layer::Error::TooLarge { .. }) = e.downcast_ref()
+    {
+        return layer.with_context(|| {
+            format!("reading layer {digest} (if a real layer is this large, raise {MAX_LAYER_SIZE_ENV})")
+        });
+    }
     layer.with_context(|| format!("reading layer {digest}"))
 }
 
@@ -224,6 +274,17 @@ mod tests {
                 w.flush().unwrap();
             }
             assert_eq!(w.finish().unwrap(), want, "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn layer_size_limits_parse() {
+        assert_eq!(parse_size("4G"), Some(4 << 30));
+        assert_eq!(parse_size("1500m"), Some(1500 << 20));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        assert_eq!(parse_size("2147483648"), Some(2 << 30));
+        for bad in ["", "0", "G", "-1", "1.5G", "1T", "99999999999G"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
         }
     }
 

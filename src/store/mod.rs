@@ -262,6 +262,21 @@ impl Store {
         Ok(())
     }
 
+    /// Remove the name `name`, if present (the manifest and its blobs stay).
+    pub fn remove_ref(&self, name: &str) -> Result<(), Error> {
+        let lock_path = self.root.join("index.lock");
+        let lock = File::create(&lock_path).map_err(io_at(&lock_path))?;
+        lock.lock().map_err(io_at(&lock_path))?;
+        let (mut index, mut manifests) = self.read_index()?;
+        let before = manifests.len();
+        manifests.retain(|d| d.annotations.get(REF_NAME).is_none_or(|n| n != name));
+        if manifests.len() != before {
+            index.set_manifests(manifests.iter().map(Descriptor::to_oci).collect());
+            write_atomic(&self.root.join("index.json"), &canonical_json(&index))?;
+        }
+        Ok(())
+    }
+
     /// `index.json`, and its manifests in strata's descriptor type.
     fn read_index(&self) -> Result<(ImageIndex, Vec<Descriptor>), Error> {
         let path = self.root.join("index.json");

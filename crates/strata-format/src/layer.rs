@@ -29,6 +29,10 @@ pub enum Error {
     ReadEntry { path: String, source: io::Error },
     #[error("reading tar stream")]
     Read(#[source] io::Error),
+    /// The tar stream is longer than [`ReadOptions::max_size`] allows (a decompression bomb,
+    /// or a layer far beyond any real one).
+    #[error("the layer tar is larger than the limit of {limit} bytes (at entry `{path}`)")]
+    TooLarge { path: String, limit: u64 },
     #[error("writing tar entry `{path}`")]
     Write { path: String, source: io::Error },
 }
@@ -124,6 +128,10 @@ pub struct ReadOptions {
     /// Drop this leading directory from every path (e.g. `root` for a tar of `/root` from a
     /// container); the directory entry itself is dropped too.
     pub strip_prefix: Option<String>,
+    /// Refuse a tar stream longer than this many bytes (headers, data and padding, as read):
+    /// the layer model holds every file's data in memory, so this bounds what an untrusted
+    /// layer can make us allocate. None: no limit (a tar we made ourselves).
+    pub max_size: Option<u64>,
 }
 
 impl Layer {
@@ -228,12 +236,37 @@ impl Layer {
 
     /// Read a tar stream (as podman's archive endpoint or an OCI layer gives it).
     pub fn read_tar(r: impl Read, opts: &ReadOptions) -> Result<Layer, Error> {
-        let mut archive = tar::Archive::new(r);
+        let limit = opts.max_size.unwrap_or(u64::MAX);
+        let exceeded = std::rc::Rc::new(std::cell::Cell::new(false));
+        let counted = Counted {
+            inner: r,
+            read: 0,
+            limit,
+            exceeded: exceeded.clone(),
+        };
+        let mut archive = tar::Archive::new(counted);
         let mut entries = Vec::new();
+        let mut last = String::from("<start of archive>");
+        let too_large = |path: &str| Error::TooLarge {
+            path: path.to_string(),
+            limit,
+        };
+        // Whatever the tar crate made of the counter's error, it is the limit.
+        let over = |_: &io::Error| exceeded.get();
         for item in archive.entries().map_err(Error::Read)? {
-            let mut t = item.map_err(Error::Read)?;
+            let mut t = match item {
+                Ok(t) => t,
+                Err(e) if over(&e) => return Err(too_large(&last)),
+                Err(e) => return Err(Error::Read(e)),
+            };
             let raw_path = t.path_bytes().into_owned();
             let shown = String::from_utf8_lossy(&raw_path).into_owned();
+            last.clone_from(&shown);
+            // A header may claim any size; only what is read is counted, but nothing is
+            // reserved beyond the limit either.
+            if t.size() > limit {
+                return Err(too_large(&shown));
+            }
             let Some(path) = clean_path(&raw_path, opts.strip_prefix.as_deref(), &shown)? else {
                 continue;
             };
@@ -312,10 +345,16 @@ impl Layer {
             }
             let kind = match kind {
                 EntryKind::File { .. } => {
-                    let mut data = Vec::with_capacity(t.size() as usize);
-                    t.read_to_end(&mut data).map_err(|e| Error::ReadEntry {
-                        path: shown.clone(),
-                        source: e,
+                    let mut data = Vec::with_capacity(usize::try_from(t.size()).unwrap_or(0));
+                    t.read_to_end(&mut data).map_err(|e| {
+                        if over(&e) {
+                            too_large(&shown)
+                        } else {
+                            Error::ReadEntry {
+                                path: shown.clone(),
+                                source: e,
+                            }
+                        }
                     })?;
                     EntryKind::File { data }
                 }
@@ -407,6 +446,36 @@ impl Layer {
                 source,
             })?;
         Ok(())
+    }
+}
+
+/// A reader that fails (and sets `exceeded`) once more than `limit` bytes went through it.
+struct Counted<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+    exceeded: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.read >= self.limit {
+            // One byte more than the limit tells a stream that ends exactly at it from one
+            // that goes on.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => {
+                    self.exceeded.set(true);
+                    Err(io::Error::other(format!("more than {} bytes", self.limit)))
+                }
+            };
+        }
+        let room = usize::try_from(self.limit - self.read).unwrap_or(usize::MAX);
+        let n = buf.len().min(room);
+        let got = self.inner.read(&mut buf[..n])?;
+        self.read += got as u64;
+        Ok(got)
     }
 }
 
@@ -567,244 +636,4 @@ fn reroot_hardlinks(entries: &mut [Entry]) -> Result<(), Error> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample() -> Layer {
-        let mut cap = Entry::file("usr/bin/ping", b"\x7fELF".to_vec(), 0o755, 5);
-        cap.xattrs
-            .insert("security.capability".into(), vec![1, 0, 0, 2, 0, 0x20, 0, 0]);
-        Layer::from_entries(vec![
-            Entry::file("usr/bin/zz", b"data".to_vec(), 0o644, 9_999_999_999),
-            Entry::new(
-                "usr/bin/aa",
-                EntryKind::Hardlink {
-                    target: "usr/bin/zz".into(),
-                },
-                0o644,
-                1,
-            ),
-            Entry::symlink("init", "usr/lib/systemd/systemd", 3),
-            cap,
-            Entry::new("dev/null", EntryKind::CharDevice { major: 1, minor: 3 }, 0o666, 1),
-            Entry::file(&format!("usr/share/{}", "long".repeat(40)), b"x".to_vec(), 0o600, 1),
-        ])
-        .unwrap()
-    }
-
-    #[test]
-    fn sorted_with_parents_and_rerooted_links() {
-        let l = sample();
-        let paths: Vec<&str> = l.entries().iter().map(|e| e.path.as_str()).collect();
-        let mut sorted = paths.clone();
-        sorted.sort();
-        assert_eq!(paths, sorted);
-        assert!(paths.contains(&"usr") && paths.contains(&"usr/bin") && paths.contains(&"dev"));
-        // aa sorts first, so it now holds the data and zz links to it.
-        assert_eq!(
-            l.get("usr/bin/aa").unwrap().kind,
-            EntryKind::File { data: b"data".to_vec() }
-        );
-        assert_eq!(
-            l.get("usr/bin/zz").unwrap().kind,
-            EntryKind::Hardlink {
-                target: "usr/bin/aa".into()
-            }
-        );
-        assert_eq!(l.get("usr/bin/aa").unwrap().mtime, 9_999_999_999);
-    }
-
-    #[test]
-    fn tar_round_trip_keeps_everything() {
-        let mut l = sample();
-        l.clamp_mtimes(1_000);
-        let mut tar = Vec::new();
-        l.write_tar(&mut tar).unwrap();
-        let back = Layer::read_tar(tar.as_slice(), &ReadOptions::default()).unwrap();
-        assert_eq!(back, l);
-        assert!(back.entries().iter().all(|e| e.mtime <= 1_000));
-        assert_eq!(
-            back.get("usr/bin/ping").unwrap().xattrs["security.capability"],
-            vec![1, 0, 0, 2, 0, 0x20, 0, 0]
-        );
-    }
-
-    #[test]
-    fn tar_is_deterministic_and_order_independent() {
-        let a = sample();
-        let mut reversed = a.entries().to_vec();
-        reversed.reverse();
-        let b = Layer::from_entries(reversed).unwrap();
-        let (mut ta, mut tb) = (Vec::new(), Vec::new());
-        a.write_tar(&mut ta).unwrap();
-        b.write_tar(&mut tb).unwrap();
-        assert_eq!(ta, tb);
-    }
-
-    #[test]
-    fn strip_prefix_and_unsafe_paths() {
-        let mut tar = Vec::new();
-        {
-            let mut b = tar::Builder::new(&mut tar);
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_mode(0o755);
-            h.set_size(0);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(0);
-            b.append_data(&mut h, "root/", io::empty()).unwrap();
-            let mut h = tar::Header::new_gnu();
-            h.set_mode(0o644);
-            h.set_size(2);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(0);
-            b.append_data(&mut h, "root/etc/x", &b"hi"[..]).unwrap();
-            b.finish().unwrap();
-        }
-        let l = Layer::read_tar(
-            tar.as_slice(),
-            &ReadOptions {
-                strip_prefix: Some("root".into()),
-            },
-        )
-        .unwrap();
-        let paths: Vec<&str> = l.entries().iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["etc", "etc/x"]);
-        let err = Layer::read_tar(
-            tar.as_slice(),
-            &ReadOptions {
-                strip_prefix: Some("other".into()),
-            },
-        )
-        .unwrap_err();
-        assert!(matches!(err, Error::UnsafePath { .. }), "{err}");
-    }
-
-    #[test]
-    fn diff_has_changes_whiteouts_and_parents() {
-        let parent = sample();
-        let mut entries = parent.entries().to_vec();
-        entries.retain(|e| e.path != "dev/null" && e.path != "dev" && e.path != "init");
-        entries.push(Entry::file("usr/bin/new", b"n".to_vec(), 0o755, 1));
-        for e in &mut entries {
-            if e.path == "usr/bin/ping" {
-                e.mode = 0o4755;
-            }
-        }
-        let child = Layer::from_entries(entries).unwrap();
-        let diff = child.diff_from(&parent);
-        let paths: Vec<&str> = diff.entries().iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(
-            paths,
-            [".wh.dev", ".wh.init", "usr", "usr/bin", "usr/bin/new", "usr/bin/ping"]
-        );
-        assert!(child.diff_from(&child).entries().is_empty());
-    }
-
-    #[test]
-    fn remove_where_drops_subtrees_and_keeps_links_alive() {
-        let mut l = sample();
-        let removed = l.remove_where(|e| e.path == "usr/bin/aa" || e.path == "dev");
-        assert_eq!(removed, ["dev", "usr/bin/aa"]);
-        assert!(l.get("dev/null").is_none());
-        assert_eq!(
-            l.get("usr/bin/zz").unwrap().kind,
-            EntryKind::File { data: b"data".to_vec() }
-        );
-    }
-
-    /// `-` (0x2d) sorts before `/` (0x2f), so `usr/share/doc-base` (and its contents) come between
-    /// `usr/share/doc` and `usr/share/doc/foo`.
-    fn doc_tree() -> Layer {
-        Layer::from_entries(vec![
-            Entry::dir("usr/share/doc", 0o755, 1),
-            Entry::dir("usr/share/doc-base", 0o755, 1),
-            Entry::file("usr/share/doc-base/x", b"x".to_vec(), 0o644, 1),
-            Entry::file("usr/share/doc/foo", b"foo".to_vec(), 0o644, 1),
-            Entry::file("usr/share/other", b"o".to_vec(), 0o644, 1),
-        ])
-        .unwrap()
-    }
-
-    fn paths(l: &Layer) -> Vec<&str> {
-        l.entries().iter().map(|e| e.path.as_str()).collect()
-    }
-
-    #[test]
-    fn remove_where_looks_at_every_removed_dir_not_only_the_last() {
-        let mut l = doc_tree();
-        assert_eq!(
-            paths(&l),
-            [
-                "usr",
-                "usr/share",
-                "usr/share/doc",
-                "usr/share/doc-base",
-                "usr/share/doc-base/x",
-                "usr/share/doc/foo",
-                "usr/share/other"
-            ]
-        );
-        let removed = l.remove_where(|e| e.path.starts_with("usr/share/doc"));
-        assert_eq!(
-            removed,
-            ["usr/share/doc", "usr/share/doc-base"],
-            "directories once, not their contents"
-        );
-        assert_eq!(paths(&l), ["usr", "usr/share", "usr/share/other"]);
-    }
-
-    #[test]
-    fn remove_where_glob_like_predicate_leaves_no_orphan() {
-        // What the remove glob `usr/share/doc*` matches with a literal separator: the two
-        // directories, not `usr/share/doc/foo`, which must go with its parent.
-        let mut l = doc_tree();
-        let removed = l.remove_where(|e| {
-            e.path
-                .strip_prefix("usr/share/doc")
-                .is_some_and(|rest| !rest.contains('/'))
-        });
-        assert_eq!(removed, ["usr/share/doc", "usr/share/doc-base"]);
-        assert_eq!(paths(&l), ["usr", "usr/share", "usr/share/other"]);
-    }
-
-    #[test]
-    fn diff_whites_out_each_removed_dir_once_whatever_sorts_between() {
-        let parent = doc_tree();
-        let mut entries = parent.entries().to_vec();
-        entries.retain(|e| !e.path.starts_with("usr/share/doc"));
-        let child = Layer::from_entries(entries).unwrap();
-        let diff = child.diff_from(&parent);
-        assert_eq!(
-            paths(&diff),
-            ["usr", "usr/share", "usr/share/.wh.doc", "usr/share/.wh.doc-base"]
-        );
-    }
-
-    #[test]
-    fn diff_replacing_a_dir_by_a_file_has_no_whiteouts_below_it() {
-        let parent = doc_tree();
-        let mut entries = parent.entries().to_vec();
-        entries.retain(|e| !e.path.starts_with("usr/share/doc/"));
-        for e in &mut entries {
-            if e.path == "usr/share/doc" {
-                e.kind = EntryKind::File {
-                    data: b"now a file".to_vec(),
-                };
-            }
-        }
-        let child = Layer::from_entries(entries).unwrap();
-        let diff = child.diff_from(&parent);
-        // Replacing the directory removes it with its contents; `doc/.wh.foo` would be an entry
-        // below a regular file.
-        assert_eq!(paths(&diff), ["usr", "usr/share", "usr/share/doc"]);
-        assert_eq!(
-            diff.get("usr/share/doc").unwrap().kind,
-            EntryKind::File {
-                data: b"now a file".to_vec()
-            }
-        );
-    }
-}
+mod tests;

@@ -127,6 +127,7 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
             fetched.modules_tar.as_slice(),
             &ReadOptions {
                 strip_prefix: Some("out".into()),
+                ..Default::default()
             },
         )
         .context("reading the modules tree from the container")?;
