@@ -6,6 +6,7 @@
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -53,6 +54,10 @@ pub enum Command {
         /// Talk plain HTTP to the --cache-from/--cache-to registries (loopback always is).
         #[arg(long)]
         insecure: bool,
+        /// Give up on a registry that sends nothing for this long (no answer, no body bytes):
+        /// the request is tried again, 5 times in all, then fails naming the URL.
+        #[arg(long, env = "STRATA_REGISTRY_TIMEOUT", value_name = "SECONDS", value_parser = seconds, default_value = "30")]
+        registry_timeout: Duration,
         /// PEM private key (RSA) that signs the extension images' verity root hashes
         /// (e.g. from `strata keygen`). Never put into any layer or product.
         #[arg(long, requires = "cert", value_name = "FILE")]
@@ -105,6 +110,10 @@ pub enum Command {
         /// Talk plain HTTP to the registry (loopback always is).
         #[arg(long)]
         insecure: bool,
+        /// Give up on a registry that sends nothing for this long (no answer, no body bytes):
+        /// the request is tried again, 5 times in all, then fails naming the URL.
+        #[arg(long, env = "STRATA_REGISTRY_TIMEOUT", value_name = "SECONDS", value_parser = seconds, default_value = "30")]
+        registry_timeout: Duration,
     },
     /// Pull a product (or every product of a pushed build, given its index tag) from a
     /// registry into a directory, verifying every digest.
@@ -126,6 +135,10 @@ pub enum Command {
         /// Talk plain HTTP to the registry (loopback always is).
         #[arg(long)]
         insecure: bool,
+        /// Give up on a registry that sends nothing for this long (no answer, no body bytes):
+        /// the request is tried again, 5 times in all, then fails naming the URL.
+        #[arg(long, env = "STRATA_REGISTRY_TIMEOUT", value_name = "SECONDS", value_parser = seconds, default_value = "30")]
+        registry_timeout: Duration,
     },
     /// Make a development key and self-signed certificate for signing system extensions:
     /// DIR/sysext.key (0600) and DIR/sysext.crt (for the initrd's /etc/verity.d/).
@@ -171,6 +184,14 @@ pub enum Command {
         #[arg(long)]
         kvm: bool,
     },
+}
+
+/// `1.5` → 1.5 s; more than zero.
+fn seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() => Duration::try_from_secs_f64(s).map_err(|e| e.to_string()),
+        _ => Err(format!("`{text}` is not a number of seconds above 0 (e.g. 30 or 0.5)")),
+    }
 }
 
 /// The man pages: `strata.1` and `strata-COMMAND.1` for each subcommand, as (file name,

@@ -12,9 +12,10 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
 /// How push, pull and the remote build cache talk to registries.
-fn registry_client(insecure: bool) -> strata::registry::ClientOptions {
+fn registry_client(insecure: bool, read_timeout: std::time::Duration) -> strata::registry::ClientOptions {
     strata::registry::ClientOptions {
         insecure,
+        read_timeout,
         ..Default::default()
     }
 }
@@ -73,6 +74,7 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
             cache_from,
             cache_to,
             insecure,
+            registry_timeout,
             key,
             cert,
             extensions,
@@ -91,7 +93,7 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
                 remote_cache: strata::registry::cache::Options {
                     from: cache_from,
                     to: cache_to,
-                    client: registry_client(insecure),
+                    client: registry_client(insecure, registry_timeout),
                 },
                 signing: key.zip(cert),
                 extensions: match (no_extensions, extensions.is_empty()) {
@@ -133,6 +135,7 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
             version,
             source,
             insecure,
+            registry_timeout,
         } => {
             let cache_dir = match cache_dir {
                 Some(d) => d,
@@ -144,7 +147,7 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
                 cache_dir,
                 version,
                 source,
-                client: registry_client(insecure),
+                client: registry_client(insecure, registry_timeout),
             };
             let summary = strata::registry::push::run(&opts).await?;
             for line in summary.lines() {
@@ -158,6 +161,7 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
             cert,
             cache_dir,
             insecure,
+            registry_timeout,
         } => {
             let cache_dir = match cache_dir {
                 Some(d) => d,
@@ -168,7 +172,7 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
                 output,
                 cache_dir,
                 cert,
-                client: registry_client(insecure),
+                client: registry_client(insecure, registry_timeout),
             };
             for p in strata::registry::pull::run(&opts).await? {
                 println!(
