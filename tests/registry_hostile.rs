@@ -624,3 +624,37 @@ async fn blob_sizes_are_bounded_before_and_during_the_download() {
     assert!(*expected == 1000 && *found > 1000 && *found < 600_000, "{err}");
     assert!(err.to_string().contains(&layer.digest.to_string()), "{err}");
 }
+
+#[tokio::test]
+async fn a_directory_at_a_blob_path_is_replaced_by_a_pull_and_named_by_a_push() {
+    let s = setup(options(), Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let big = big_blob(&s);
+    std::fs::create_dir_all(store.blob_path(&big.digest).join("junk")).unwrap();
+    registry::pull(&s.client, &store, &remote(&s.server, "r", "all"), "all")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read_blob(&big.digest).unwrap(),
+        s.src.read_blob(&big.digest).unwrap()
+    );
+    assert_store_verified(dir.path());
+    // Pushing from a store where the blob is a directory says so.
+    let path = store.blob_path(&big.digest);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let err = registry::push(
+        &s.client,
+        &store,
+        "all",
+        &remote(&s.server, "r3", "x"),
+        &PushOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains(&path.display().to_string()) && err.to_string().contains("is a directory, not a blob"),
+        "{err}"
+    );
+}

@@ -65,6 +65,9 @@ impl Client {
             root: store.root().to_path_buf(),
             digest: digest.clone(),
         })?;
+        if local.is_dir() {
+            return Err(store::Error::NotABlob { path }.into());
+        }
         if local.len() != desc.size {
             return Err(store::Error::SizeMismatch {
                 digest: digest.clone(),
