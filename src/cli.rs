@@ -233,6 +233,29 @@ mod tests {
     }
 
     #[test]
+    fn registry_timeout_defaults_to_the_clients_and_takes_fractions() {
+        let timeout = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Pull { registry_timeout, .. }) => Ok(registry_timeout),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        let base = ["strata", "pull", "r.example/x:1", "-o", "out"];
+        assert!(
+            std::env::var_os("STRATA_REGISTRY_TIMEOUT").is_none(),
+            "run the tests without STRATA_REGISTRY_TIMEOUT"
+        );
+        assert_eq!(timeout(&base), Ok(crate::registry::DEFAULT_READ_TIMEOUT));
+        let with = |v: &str| timeout(&[&base[..], &[format!("--registry-timeout={v}").as_str()]].concat());
+        assert_eq!(with("0.5"), Ok(Duration::from_millis(500)));
+        for bad in ["0", "-1", "x", "inf"] {
+            assert!(
+                with(bad).unwrap_err().contains("not a number of seconds above 0"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn man_pages_cover_every_subcommand() {
         let pages = man_pages().unwrap();
         let names: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();

@@ -538,6 +538,11 @@ async fn an_upload_whose_answer_never_comes_is_retried_then_named() {
 /// Serve, as `r:TAG` (and by digest), a manifest of a layer image whose layer descriptor
 /// claims `size` bytes for a blob the registry really holds (`actual` bytes of noise).
 fn serve_claiming(s: &Setup, tag: &str, actual: usize, size: u64) -> Descriptor {
+    serve_claiming_with_config(s, tag, actual, size, 2)
+}
+
+/// The same, with a config descriptor claiming `config_size` bytes for `{}`.
+fn serve_claiming_with_config(s: &Setup, tag: &str, actual: usize, size: u64, config_size: u64) -> Descriptor {
     let data = noise(31, actual);
     let digest = strata::digest::Digest::of(&data);
     let mut st = s.server.state.lock().unwrap();
@@ -550,7 +555,7 @@ fn serve_claiming(s: &Setup, tag: &str, actual: usize, size: u64) -> Descriptor 
     let layer = Descriptor::new("application/vnd.oci.image.layer.v1.tar+zstd", digest, size);
     let manifest = serde_json::json!({
         "schemaVersion": 2, "mediaType": registry::OCI_MANIFEST,
-        "config": Descriptor::new("application/vnd.oci.image.config.v1+json", config_digest, 2),
+        "config": Descriptor::new("application/vnd.oci.image.config.v1+json", config_digest, config_size),
         "layers": [layer],
     });
     let bytes = bytes::Bytes::from(strata::digest::canonical_json(&manifest));
@@ -615,6 +620,13 @@ async fn blob_sizes_are_bounded_before_and_during_the_download() {
         "{err}"
     );
     assert!(!asked(s.server.log()), "{:#?}", s.server.log());
+    // A config (JSON, read whole) is bounded like a manifest.
+    serve_claiming_with_config(&s, "fatconfig", 1002, 1002, 1 << 30);
+    let err = pull(&s.client, "fatconfig").await;
+    let Error::ManifestTooLarge { reference, size, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(reference.contains(" config sha256:") && *size == 1 << 30, "{err}");
     // A blob longer than its descriptor says: cut off at the first bytes too many.
     let layer = serve_claiming(&s, "short", 600_000, 1000);
     let err = pull(&s.client, "short").await;

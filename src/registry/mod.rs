@@ -139,8 +139,8 @@ pub enum Error {
         reserve: u64,
         store: PathBuf,
     },
-    /// A manifest bigger than the limit.
-    #[error("{reference}: manifest is {size} bytes or more, above the limit of {limit} bytes")]
+    /// A manifest, index, tag list or image config bigger than the limit.
+    #[error("{reference}: {size} bytes or more, above the limit of {limit} bytes for a manifest, index or config")]
     ManifestTooLarge { reference: String, size: u64, limit: u64 },
     /// A manifest (or blob) with a media type we do not accept here.
     #[error("{reference}: media type `{found}` is not one of {}", expected.join(", "))]
