@@ -6,6 +6,7 @@
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -72,6 +73,10 @@ pub enum Command {
         /// Talk plain HTTP to the --cache-from/--cache-to registries (loopback always is).
         #[arg(long)]
         insecure: bool,
+        /// Give up on a registry that sends nothing for this long (no answer, no body bytes):
+        /// the request is tried again, 5 times in all, then fails naming the URL.
+        #[arg(long, env = "STRATA_REGISTRY_TIMEOUT", value_name = "SECONDS", value_parser = seconds, default_value = "30")]
+        registry_timeout: Duration,
         /// PEM private key (RSA) that signs the extension images' verity root hashes
         /// (e.g. from `strata keygen`). Never put into any layer or product.
         #[arg(long, requires = "cert", value_name = "FILE")]
@@ -133,6 +138,10 @@ pub enum Command {
         /// PEM certificate of --key (what `build --cache-trust` names).
         #[arg(long, requires = "key", value_name = "FILE")]
         cert: Option<PathBuf>,
+        /// Give up on a registry that sends nothing for this long (no answer, no body bytes):
+        /// the request is tried again, 5 times in all, then fails naming the URL.
+        #[arg(long, env = "STRATA_REGISTRY_TIMEOUT", value_name = "SECONDS", value_parser = seconds, default_value = "30")]
+        registry_timeout: Duration,
     },
     /// Pull a product (or every product of a pushed build, given its index tag) from a
     /// registry into a directory, verifying every digest.
@@ -154,6 +163,10 @@ pub enum Command {
         /// Talk plain HTTP to the registry (loopback always is).
         #[arg(long)]
         insecure: bool,
+        /// Give up on a registry that sends nothing for this long (no answer, no body bytes):
+        /// the request is tried again, 5 times in all, then fails naming the URL.
+        #[arg(long, env = "STRATA_REGISTRY_TIMEOUT", value_name = "SECONDS", value_parser = seconds, default_value = "30")]
+        registry_timeout: Duration,
     },
     /// Make a development key and self-signed certificate for signing system extensions:
     /// DIR/sysext.key (0600) and DIR/sysext.crt (for the initrd's /etc/verity.d/).
@@ -248,6 +261,14 @@ pub fn extension_selection(extensions: Vec<String>, no_extensions: bool) -> anyh
     Ok(Some(extensions))
 }
 
+/// `1.5` → 1.5 s; more than zero.
+fn seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() => Duration::try_from_secs_f64(s).map_err(|e| e.to_string()),
+        _ => Err(format!("`{text}` is not a number of seconds above 0 (e.g. 30 or 0.5)")),
+    }
+}
+
 /// The man pages: `strata.1` and `strata-COMMAND.1` for each subcommand, as (file name,
 /// roff text).
 pub fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
@@ -322,6 +343,29 @@ mod tests {
             e.to_string(),
             "--extension network is given twice; name each extension once"
         );
+    }
+
+    #[test]
+    fn registry_timeout_defaults_to_the_clients_and_takes_fractions() {
+        let timeout = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Pull { registry_timeout, .. }) => Ok(registry_timeout),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        let base = ["strata", "pull", "r.example/x:1", "-o", "out"];
+        assert!(
+            std::env::var_os("STRATA_REGISTRY_TIMEOUT").is_none(),
+            "run the tests without STRATA_REGISTRY_TIMEOUT"
+        );
+        assert_eq!(timeout(&base), Ok(crate::registry::DEFAULT_READ_TIMEOUT));
+        let with = |v: &str| timeout(&[&base[..], &[format!("--registry-timeout={v}").as_str()]].concat());
+        assert_eq!(with("0.5"), Ok(Duration::from_millis(500)));
+        for bad in ["0", "-1", "x", "inf"] {
+            assert!(
+                with(bad).unwrap_err().contains("not a number of seconds above 0"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

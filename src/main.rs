@@ -12,9 +12,10 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
 /// How push, pull and the remote build cache talk to registries.
-fn registry_client(insecure: bool) -> strata::registry::ClientOptions {
+fn registry_client(insecure: bool, read_timeout: std::time::Duration) -> strata::registry::ClientOptions {
     strata::registry::ClientOptions {
         insecure,
+        read_timeout,
         ..Default::default()
     }
 }
@@ -77,6 +78,7 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
             cache_trust,
             cache_insecure_accept_unsigned,
             insecure,
+            registry_timeout,
             key,
             cert,
             extensions,
@@ -95,7 +97,7 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
                 remote_cache: strata::registry::cache::Options {
                     from: cache_from,
                     to: cache_to,
-                    client: registry_client(insecure),
+                    client: registry_client(insecure, registry_timeout),
                     trust: cache_trust,
                     accept_unsigned: cache_insecure_accept_unsigned,
                     signing: None,
@@ -139,6 +141,7 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
             insecure,
             key,
             cert,
+            registry_timeout,
         } => {
             let cache_dir = match cache_dir {
                 Some(d) => d,
@@ -150,7 +153,7 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
                 cache_dir,
                 version,
                 source,
-                client: registry_client(insecure),
+                client: registry_client(insecure, registry_timeout),
                 signing: key.zip(cert),
             };
             let summary = strata::registry::push::run(&opts).await?;
@@ -165,6 +168,7 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
             cert,
             cache_dir,
             insecure,
+            registry_timeout,
         } => {
             let cache_dir = match cache_dir {
                 Some(d) => d,
@@ -175,7 +179,7 @@ async fn run(cli: Cli, cancel: strata::interrupt::CancellationToken) -> Result<E
                 output,
                 cache_dir,
                 cert,
-                client: registry_client(insecure),
+                client: registry_client(insecure, registry_timeout),
             };
             for p in strata::registry::pull::run(&opts).await? {
                 println!(

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 
 use crate::products;
+use crate::registry::artifact;
 
 /// How to boot.
 #[derive(Debug, Clone, Default)]
@@ -60,7 +61,11 @@ pub fn run(opts: &Options) -> Result<std::process::ExitStatus> {
     let p = products::read(&opts.output)?;
     let kernel = p.find("kernel").context("products.json lists no kernel")?;
     let initrd = p.find("initrd").context("products.json lists no initrd")?;
-    let argv = qemu_argv(&opts.output.join(&kernel.file), &opts.output.join(&initrd.file), opts);
+    let (kernel, initrd) = (
+        artifact::product_path(&opts.output, kernel)?,
+        artifact::product_path(&opts.output, initrd)?,
+    );
+    let argv = qemu_argv(&kernel, &initrd, opts);
     tracing::info!(command = %crate::cmd::shell_line(&argv), "booting");
     std::process::Command::new(&argv[0])
         .args(&argv[1..])

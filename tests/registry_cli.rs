@@ -6,6 +6,8 @@
 
 #[path = "support/fake_build.rs"]
 mod fake_build;
+#[path = "support/fake_registry.rs"]
+mod fake_registry;
 #[path = "support/oci_fixtures.rs"]
 mod fixtures;
 #[path = "support/signed_sysext.rs"]
@@ -318,7 +320,7 @@ fn pull_refuses_artifacts_it_does_not_know() {
             "application/vnd.strata.sysext.v1",
             "application/vnd.efi.img",
             "../x.sysext.raw",
-            "not a plain file name",
+            "holds the character `/`",
         ),
     ];
     for (tag, artifact_type, blob_type, title, message) in cases {
@@ -498,4 +500,178 @@ fn push_needs_a_tag_and_a_build() {
         out,
     ]);
     assert!(err.contains("products.json") && err.contains("strata build"), "{err}");
+}
+
+/// A fake registry (in-process, on its own runtime, which must outlive it).
+fn fake_registry() -> (tokio::runtime::Runtime, fake_registry::FakeRegistry) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(fake_registry::FakeRegistry::start(Default::default()));
+    (rt, server)
+}
+
+#[test]
+fn pull_from_a_stalled_registry_fails_within_the_timeout() {
+    let (_rt, server) = fake_registry();
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = format!("{}/r:1-sysext-network", server.addr);
+    push_artifact(
+        &server.addr,
+        &reference,
+        registry::artifact::SYSEXT_ARTIFACT,
+        registry::artifact::SYSEXT_IMAGE,
+        "network.sysext.raw",
+    );
+    server.set_faults(fake_registry::Faults {
+        stall: vec![("GET /v2/r/blobs/".into(), 100)],
+        ..Default::default()
+    });
+    let out = tmp.path().join("out");
+    let started = std::time::Instant::now();
+    let err = fails(&[
+        "pull",
+        &reference,
+        "--output",
+        out.to_str().unwrap(),
+        "--cache-dir",
+        tmp.path().join("cache").to_str().unwrap(),
+        "--registry-timeout",
+        "0.5",
+    ]);
+    let took = started.elapsed();
+    // As documented: 5 attempts of 0.5 s, and 0.25 + 0.5 + 1 + 2 s of backoff between them.
+    assert!(took < std::time::Duration::from_secs(9), "took {took:?}: {err}");
+    assert!(
+        err.contains("sent nothing for 0.5 s")
+            && err.contains("on each of 5 attempts")
+            && err.contains("/v2/r/blobs/sha256:"),
+        "{err}"
+    );
+    assert!(err.contains("--registry-timeout"), "{err}");
+    assert!(files_in(&out).is_empty(), "{:?}", files_in(&out));
+    let bad = fails(&[
+        "pull",
+        &reference,
+        "--output",
+        out.to_str().unwrap(),
+        "--registry-timeout",
+        "0",
+    ]);
+    assert!(bad.contains("`0` is not a number of seconds above 0"), "{bad}");
+}
+
+#[test]
+fn pull_refuses_titles_that_are_not_file_names_of_their_kind() {
+    let (_rt, server) = fake_registry();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    for (n, (kind, title, why)) in [
+        ("kernel", "products.json", "would overwrite the list of products"),
+        ("initrd", "products.json", "would overwrite the list of products"),
+        ("kernel", "vmlinuz\nx", "holds the character `\\n`"),
+        ("initrd", " initrd", "holds the character ` `"),
+        ("initrd", "..", "does not start with a letter or digit"),
+        ("kernel", "../../etc/vmlinuz", "holds the character `/`"),
+        ("sysext", ".hidden.sysext.raw", "does not start with a letter or digit"),
+        ("kernel", "initrd.cpio.zst", "does not have the shape of its kind"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let t = registry::artifact::product_type(kind).unwrap();
+        let reference = format!("{}/r:{n}", server.addr);
+        push_artifact(&server.addr, &reference, t.artifact_type, t.media_type, title);
+        let out = tmp.path().join(format!("out{n}"));
+        std::fs::create_dir(&out).unwrap();
+        let err = fails(&[
+            "pull",
+            &reference,
+            "--output",
+            out.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ]);
+        assert!(err.contains("refusing") && err.contains(why), "{title:?}: {err}");
+        assert!(
+            err.contains(&format!("the {kind} file name `{}`", title.escape_debug())),
+            "{err}"
+        );
+        assert!(files_in(&out).is_empty(), "{title:?}: {:?}", files_in(&out));
+    }
+    // Nothing of a refused artifact was downloaded.
+    assert!(files_in(&cache.join("oci/blobs/sha256")).is_empty());
+}
+
+/// An output directory whose `products.json` names `file` for its kernel.
+fn output_naming(dir: &Path, file: &str) {
+    fake_build::fake_output(
+        dir,
+        vec![],
+        &[
+            ("kernel", "vmlinuz", b"k".to_vec()),
+            ("initrd", "initrd.cpio.zst", b"i".to_vec()),
+        ],
+    );
+    let path = dir.join("products.json");
+    let mut p: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    p["products"][0]["file"] = file.into();
+    std::fs::write(&path, serde_json::to_vec(&p).unwrap()).unwrap();
+}
+
+#[test]
+fn push_and_vm_refuse_product_files_outside_the_output_directory() {
+    let (_rt, server) = fake_registry();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("secret"), b"secret").unwrap();
+    // qemu that only says it ran.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let ran = tmp.path().join("qemu-ran");
+    let qemu = bin.join("qemu-system-x86_64");
+    std::fs::write(&qemu, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
+    std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    for (n, (file, why)) in [
+        ("../../../etc/hostname", "holds the character `/`"),
+        ("vmlinuz-escape", "outside the output directory"),
+        ("products.json", "would overwrite the list of products"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = tmp.path().join(format!("out{n}"));
+        output_naming(&out, file);
+        std::os::unix::fs::symlink("../secret", out.join("vmlinuz-escape")).unwrap();
+        let out_s = out.to_str().unwrap();
+        let err = fails(&[
+            "push",
+            &format!("{}/r:1", server.addr),
+            "--output",
+            out_s,
+            "--cache-dir",
+            out_s,
+        ]);
+        assert!(err.contains(why), "push {file}: {err}");
+        assert!(server.log().is_empty(), "push {file} sent: {:#?}", server.log());
+        let vm = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(["vm", out_s])
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&vm.stderr);
+        assert!(!vm.status.success() && err.contains(why), "vm {file}: {err}");
+        assert!(!ran.exists(), "vm {file} started qemu");
+    }
+    // The same directory with a good name boots (the fake qemu).
+    let out = tmp.path().join("good");
+    output_naming(&out, "vmlinuz");
+    let vm = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["vm", out.to_str().unwrap()])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(
+        vm.status.success() && ran.exists(),
+        "{}",
+        String::from_utf8_lossy(&vm.stderr)
+    );
 }

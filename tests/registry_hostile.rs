@@ -413,3 +413,260 @@ async fn a_cancelled_pull_leaves_nothing_and_the_rerun_completes() {
     );
     assert_store_verified(dir.path());
 }
+
+/// Options with a short read timeout.
+fn impatient(read_timeout_ms: u64) -> ClientOptions {
+    ClientOptions {
+        read_timeout: Duration::from_millis(read_timeout_ms),
+        retries: 2,
+        ..options()
+    }
+}
+
+#[tokio::test]
+async fn stalls_fail_within_the_read_timeout_naming_url_and_timeout() {
+    for (fault, what) in [
+        (
+            Faults {
+                stall: vec![("GET /v2/r/blobs/".into(), 100)],
+                ..Default::default()
+            },
+            "/v2/r/blobs/sha256:",
+        ),
+        (
+            Faults {
+                stall: vec![("GET /v2/r/manifests/".into(), 100)],
+                ..Default::default()
+            },
+            "/v2/r/manifests/all",
+        ),
+        (
+            Faults {
+                stall_headers: vec![("GET /v2/r/".into(), 100)],
+                ..Default::default()
+            },
+            "/v2/r/manifests/all",
+        ),
+    ] {
+        let s = setup(impatient(300), Faults::default()).await;
+        s.server.set_faults(fault.clone());
+        let started = std::time::Instant::now();
+        let (dir, store, result) = pull_fresh(&s).await;
+        let took = started.elapsed();
+        let err = result.unwrap_err();
+        let Error::Stalled { timeout, attempts, .. } = &err else {
+            panic!("{fault:?}: {err}")
+        };
+        assert_eq!((*timeout, *attempts), (Duration::from_millis(300), 3), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(what) && text.contains(&s.server.addr) && text.contains("sent nothing for 0.3 s"),
+            "{text}"
+        );
+        // Three attempts of 0.3 s and two short backoffs; never the 30 s default.
+        assert!(took < Duration::from_secs(3), "{fault:?} took {took:?}");
+        assert!(store.get_ref("all").unwrap().is_none());
+        assert_store_verified(dir.path());
+    }
+}
+
+#[tokio::test]
+async fn a_stall_then_a_good_answer_is_a_retry_that_succeeds() {
+    let s = setup(impatient(300), Faults::default()).await;
+    s.server.set_faults(Faults {
+        stall: vec![("GET /v2/r/blobs/".into(), 2), ("GET /v2/r/manifests/all".into(), 1)],
+        stall_headers: vec![("GET /v2/r/manifests/sha256:".into(), 1)],
+        ..Default::default()
+    });
+    let (dir, store, result) = pull_fresh(&s).await;
+    let pulled = result.unwrap();
+    assert_eq!(pulled.manifest.digest, s.src.get_ref("all").unwrap().unwrap().digest);
+    let log = s.server.log();
+    assert!(log.iter().any(|l| l.ends_with("-> stalled")), "{log:#?}");
+    assert_eq!(
+        store.read_blob(&s.sysext.digest).unwrap(),
+        s.src.read_blob(&s.sysext.digest).unwrap()
+    );
+    assert_store_verified(dir.path());
+}
+
+#[tokio::test]
+async fn an_upload_whose_answer_never_comes_is_retried_then_named() {
+    let s = setup(options(), Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = Store::open(dir.path()).unwrap();
+    fixtures::layer_image(&src, "other", &noise(21, 200_000));
+    let client = Client::new(&s.server.addr, impatient(300)).unwrap();
+    // The first monolithic PUT of a blob hangs after its body: retried, then it works.
+    s.server.set_faults(Faults {
+        stall_headers: vec![("PUT /upload/".into(), 1)],
+        ..Default::default()
+    });
+    registry::push(
+        &client,
+        &src,
+        "other",
+        &remote(&s.server, "up", "1"),
+        &PushOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Every PUT hangs: the push fails naming the upload and the timeout.
+    fixtures::layer_image(&src, "third", &noise(22, 200_000));
+    s.server.set_faults(Faults {
+        stall_headers: vec![("PUT /upload/".into(), 100)],
+        ..Default::default()
+    });
+    let started = std::time::Instant::now();
+    let err = registry::push(
+        &client,
+        &src,
+        "third",
+        &remote(&s.server, "up", "2"),
+        &PushOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Stalled { .. }), "{err}");
+    assert!(
+        err.to_string().contains("PUT http://") && err.to_string().contains("/upload/"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}
+
+/// Serve, as `r:TAG` (and by digest), a manifest of a layer image whose layer descriptor
+/// claims `size` bytes for a blob the registry really holds (`actual` bytes of noise).
+fn serve_claiming(s: &Setup, tag: &str, actual: usize, size: u64) -> Descriptor {
+    serve_claiming_with_config(s, tag, actual, size, 2)
+}
+
+/// The same, with a config descriptor claiming `config_size` bytes for `{}`.
+fn serve_claiming_with_config(s: &Setup, tag: &str, actual: usize, size: u64, config_size: u64) -> Descriptor {
+    let data = noise(31, actual);
+    let digest = strata::digest::Digest::of(&data);
+    let mut st = s.server.state.lock().unwrap();
+    st.blobs.insert(digest.clone(), data.into());
+    st.repo_blobs.insert(("r".into(), digest.clone()));
+    let config = b"{}".to_vec();
+    let config_digest = strata::digest::Digest::of(&config);
+    st.blobs.insert(config_digest.clone(), config.into());
+    st.repo_blobs.insert(("r".into(), config_digest.clone()));
+    let layer = Descriptor::new("application/vnd.oci.image.layer.v1.tar+zstd", digest, size);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": registry::OCI_MANIFEST,
+        "config": Descriptor::new("application/vnd.oci.image.config.v1+json", config_digest, config_size),
+        "layers": [layer],
+    });
+    let bytes = bytes::Bytes::from(strata::digest::canonical_json(&manifest));
+    let md = strata::digest::Digest::of(&bytes);
+    for key in [tag.to_string(), md.to_string()] {
+        st.manifests
+            .insert(("r".into(), key), (registry::OCI_MANIFEST.into(), bytes.clone()));
+    }
+    layer
+}
+
+#[tokio::test]
+async fn blob_sizes_are_bounded_before_and_during_the_download() {
+    let s = setup(options(), Faults::default()).await;
+    let pull = |client: &Client, tag: &str| {
+        let (client, r) = (client.clone(), remote(&s.server, "r", tag));
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let result = registry::pull(&client, &store, &r, "x").await;
+            assert_store_verified(dir.path());
+            assert!(store.get_ref("x").unwrap().is_none());
+            result.unwrap_err()
+        }
+    };
+    // A descriptor claiming 1 TiB: refused before a byte of it is asked for.
+    let layer = serve_claiming(&s, "tera", 1000, 1 << 40);
+    let err = pull(&s.client, "tera").await;
+    let Error::BlobTooLarge { size, limit, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!((*size, *limit), (1 << 40, registry::DEFAULT_MAX_BLOB_SIZE));
+    assert!(err.to_string().contains(&layer.digest.to_string()), "{err}");
+    let asked = |log: Vec<String>| {
+        log.iter()
+            .any(|l| l.starts_with(&format!("GET /v2/r/blobs/{}", layer.digest)))
+    };
+    assert!(!asked(s.server.log()), "{:#?}", s.server.log());
+    // Under the limit but above the free space of the store's file system.
+    let unlimited = Client::new(
+        &s.server.addr,
+        ClientOptions {
+            max_blob_size: u64::MAX,
+            ..options()
+        },
+    )
+    .unwrap();
+    let layer = serve_claiming(&s, "peta", 1001, 1 << 60);
+    let err = pull(&unlimited, "peta").await;
+    let Error::NoSpace {
+        size, free, reserve, ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert!(
+        *size == 1 << 60 && *free < *size && *reserve == registry::FREE_SPACE_RESERVE,
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("bytes free") && err.to_string().contains(&layer.digest.to_string()),
+        "{err}"
+    );
+    assert!(!asked(s.server.log()), "{:#?}", s.server.log());
+    // A config (JSON, read whole) is bounded like a manifest.
+    serve_claiming_with_config(&s, "fatconfig", 1002, 1002, 1 << 30);
+    let err = pull(&s.client, "fatconfig").await;
+    let Error::ManifestTooLarge { reference, size, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(reference.contains(" config sha256:") && *size == 1 << 30, "{err}");
+    // A blob longer than its descriptor says: cut off at the first bytes too many.
+    let layer = serve_claiming(&s, "short", 600_000, 1000);
+    let err = pull(&s.client, "short").await;
+    let Error::SizeMismatch { expected, found, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(*expected == 1000 && *found > 1000 && *found < 600_000, "{err}");
+    assert!(err.to_string().contains(&layer.digest.to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn a_directory_at_a_blob_path_is_replaced_by_a_pull_and_named_by_a_push() {
+    let s = setup(options(), Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let big = big_blob(&s);
+    std::fs::create_dir_all(store.blob_path(&big.digest).join("junk")).unwrap();
+    registry::pull(&s.client, &store, &remote(&s.server, "r", "all"), "all")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.read_blob(&big.digest).unwrap(),
+        s.src.read_blob(&big.digest).unwrap()
+    );
+    assert_store_verified(dir.path());
+    // Pushing from a store where the blob is a directory says so.
+    let path = store.blob_path(&big.digest);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let err = registry::push(
+        &s.client,
+        &store,
+        "all",
+        &remote(&s.server, "r3", "x"),
+        &PushOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains(&path.display().to_string()) && err.to_string().contains("is a directory, not a blob"),
+        "{err}"
+    );
+}

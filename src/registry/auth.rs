@@ -367,7 +367,19 @@ impl Authenticator {
         if status == 401 || status == 403 {
             return Err(self.unauthorized(status));
         }
-        let body = resp.bytes().await.map_err(transport)?;
+        // A token answer is small; a registry that sends more is cut off, not buffered.
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_TOKEN_ANSWER {
+                return Err(Error::BadChallenge {
+                    registry: self.registry.clone(),
+                    header: realm.to_string(),
+                    problem: "the token server's answer is larger than 1 MiB",
+                });
+            }
+        }
         if !(200..300).contains(&status) {
             let body_excerpt = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
             return Err(Error::Http {
@@ -388,6 +400,9 @@ impl Authenticator {
             })
     }
 }
+
+/// The largest token answer read.
+const MAX_TOKEN_ANSWER: usize = 1 << 20;
 
 fn bearer(token: &str) -> HeaderValue {
     let mut v = HeaderValue::from_str(&format!("Bearer {token}"))

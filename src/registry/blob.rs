@@ -15,6 +15,9 @@ use super::client::{Body, Client, expect};
 use crate::digest::Digest;
 use crate::store::{self, Descriptor, Store};
 
+/// Free space a download leaves in the store's file system, at least: 256 MiB.
+pub const FREE_SPACE_RESERVE: u64 = 256 << 20;
+
 /// How a blob came to be in the target repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlobPushed {
@@ -62,6 +65,9 @@ impl Client {
             root: store.root().to_path_buf(),
             digest: digest.clone(),
         })?;
+        if local.is_dir() {
+            return Err(store::Error::NotABlob { path }.into());
+        }
         if local.len() != desc.size {
             return Err(store::Error::SizeMismatch {
                 digest: digest.clone(),
@@ -202,6 +208,7 @@ impl Client {
             return Ok(0);
         }
         let name = format!("{}/{repository}@{}", self.registry(), desc.digest);
+        self.check_room(store, desc, &name)?;
         let mut sink = Sink::spawn(store.clone());
         match self.download(&mut sink, repository, desc, &name).await {
             Ok(received) => match sink.commit(&desc.digest, desc.size).await {
@@ -223,6 +230,38 @@ impl Client {
                 Err(e)
             }
         }
+    }
+
+    /// Refuse a blob whose descriptor claims more than [`ClientOptions::max_blob_size`]
+    /// or than the store's file system has free (less [`FREE_SPACE_RESERVE`]), before a
+    /// byte of it is written.
+    ///
+    /// [`ClientOptions::max_blob_size`]: super::ClientOptions::max_blob_size
+    fn check_room(&self, store: &Store, desc: &Descriptor, name: &str) -> Result<(), Error> {
+        let limit = self.options().max_blob_size;
+        if desc.size > limit {
+            return Err(Error::BlobTooLarge {
+                reference: name.to_string(),
+                size: desc.size,
+                limit,
+            });
+        }
+        let dir = store.root().join("blobs/sha256");
+        let fs = nix::sys::statvfs::statvfs(&dir).map_err(|e| store::Error::Io {
+            path: dir.clone(),
+            source: e.into(),
+        })?;
+        let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+        if desc.size.saturating_add(FREE_SPACE_RESERVE) > free {
+            return Err(Error::NoSpace {
+                reference: name.to_string(),
+                size: desc.size,
+                free,
+                reserve: FREE_SPACE_RESERVE,
+                store: store.root().to_path_buf(),
+            });
+        }
+        Ok(())
     }
 
     async fn download(&self, sink: &mut Sink, repository: &str, desc: &Descriptor, name: &str) -> Result<u64, Error> {
@@ -275,11 +314,15 @@ impl Client {
                     Err(e) => break Some(e),
                 }
             };
+            let stalled = broke.as_ref().is_some_and(reqwest::Error::is_timeout);
             if have == desc.size {
                 return Ok(total);
             }
             breaks += 1;
             if breaks > self.options().retries {
+                if stalled {
+                    return Err(self.stalled(&Method::GET, &url, breaks));
+                }
                 return Err(Error::Truncated {
                     reference: name.to_string(),
                     expected: desc.size,

@@ -1,11 +1,19 @@
 //! One registry's HTTP API: ping, manifests, tags (blobs are in `blob.rs`), with
-//! authentication, bounded redirects and retries with exponential backoff.
+//! authentication, bounded redirects, read timeouts and retries with exponential backoff.
+//!
+//! Every wait on the registry is bounded by [`ClientOptions::read_timeout`]: the answer's
+//! headers, and each read of its body (reqwest's per-read timeout, which restarts with every
+//! bytes received). Uploads go through a second connection pool without that timeout, since
+//! reqwest would count the whole upload against it; there a watchdog fails the request when
+//! the body stops moving, or the answer does not come, for as long.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
@@ -14,6 +22,12 @@ use url::Url;
 use super::auth::{self, Authenticator, Credentials, Scope};
 use super::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Error, OCI_INDEX, OCI_MANIFEST, reference};
 use crate::digest::Digest;
+
+/// The default [`ClientOptions::read_timeout`] (`--registry-timeout`).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default [`ClientOptions::max_blob_size`]: 16 GiB, above any layer or product strata
+/// makes, far below what a hostile descriptor may claim.
+pub const DEFAULT_MAX_BLOB_SIZE: u64 = 16 << 30;
 
 /// How a [`Client`] talks to its registry.
 #[derive(Debug, Clone)]
@@ -37,6 +51,11 @@ pub struct ClientOptions {
     pub max_redirects: usize,
     /// Connection timeout.
     pub connect_timeout: Duration,
+    /// How long the registry may send nothing (no headers, no body bytes, or, while
+    /// uploading, take none) before the attempt counts as broken and is retried.
+    pub read_timeout: Duration,
+    /// Blobs whose descriptor claims more bytes than this are refused before the download.
+    pub max_blob_size: u64,
     /// Credentials to use instead of looking them up in the auth files.
     pub credentials: Option<Credentials>,
     /// Auth files to search instead of [`auth::auth_file_candidates`].
@@ -55,6 +74,8 @@ impl Default for ClientOptions {
             backoff: Duration::from_millis(250),
             max_redirects: 10,
             connect_timeout: Duration::from_secs(30),
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            max_blob_size: DEFAULT_MAX_BLOB_SIZE,
             credentials: None,
             auth_files: None,
         }
@@ -69,7 +90,10 @@ pub struct Client {
 }
 
 pub(crate) struct Inner {
+    /// With the read timeout.
     pub(crate) http: reqwest::Client,
+    /// Without it, for requests that send a file (see the module documentation).
+    upload_http: reqwest::Client,
     pub(crate) registry: String,
     pub(crate) base: Url,
     pub(crate) options: ClientOptions,
@@ -113,6 +137,27 @@ pub(crate) enum Body {
     },
 }
 
+/// Why one attempt at fetching a manifest failed: its body broke off or stalled (worth
+/// another attempt), or anything else (`send` has retried what can be retried).
+enum Broke {
+    Body(Error),
+    Other(Error),
+}
+
+impl From<Error> for Broke {
+    fn from(e: Error) -> Broke {
+        Broke::Other(e)
+    }
+}
+
+/// Why [`Client::read_limited`] stopped.
+pub(crate) enum Limited {
+    /// More bytes than the limit (this many, or `Content-Length` said so).
+    TooLarge(u64),
+    /// The body broke off or stalled.
+    Broke(Error),
+}
+
 /// The manifest media types this client accepts when reading.
 pub const MANIFEST_TYPES: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST];
 
@@ -129,12 +174,17 @@ impl Client {
             given: registry.to_string(),
             reason: "not a valid registry host".into(),
         })?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::limited(options.max_redirects))
-            .connect_timeout(options.connect_timeout)
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest::redirect::Policy::limited(options.max_redirects))
+                .connect_timeout(options.connect_timeout)
+        };
+        let http = builder()
+            .read_timeout(options.read_timeout)
             .build()
             .map_err(Error::ClientSetup)?;
+        let upload_http = builder().build().map_err(Error::ClientSetup)?;
         let (credentials, searched) = match &options.credentials {
             Some(c) => (Some(c.clone()), vec![]),
             None => {
@@ -146,6 +196,7 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
+                upload_http,
                 registry: registry.to_string(),
                 base,
                 options,
@@ -180,7 +231,29 @@ impl Client {
     /// Fetch a manifest (or index) by tag or digest. Refuses media types other than the OCI
     /// and Docker v2 manifests and lists, manifests above the size limit, and content not
     /// matching the digest asked for (or the `Docker-Content-Digest` the registry names).
+    /// A body that breaks off or stalls is fetched again (bounded).
     pub async fn get_manifest(&self, repository: &str, reference: &str) -> Result<FetchedManifest, Error> {
+        let mut attempt = 0;
+        loop {
+            match self.get_manifest_once(repository, reference).await {
+                Ok(m) => return Ok(m),
+                Err(Broke::Body(e)) if attempt < self.inner.options.retries => {
+                    attempt += 1;
+                    tracing::warn!(registry = %self.inner.registry, repository, reference, attempt, "{e}; fetching the manifest again");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
+                Err(Broke::Body(mut e)) => {
+                    if let Error::Stalled { attempts, .. } = &mut e {
+                        *attempts = attempt + 1;
+                    }
+                    return Err(e);
+                }
+                Err(Broke::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn get_manifest_once(&self, repository: &str, reference: &str) -> Result<FetchedManifest, Broke> {
         let name = format!("{}/{repository}:{reference}", self.inner.registry).replace(":sha256:", "@sha256:");
         let url = self.url(&format!("/v2/{repository}/manifests/{reference}"));
         let mut headers = HeaderMap::new();
@@ -193,7 +266,7 @@ impl Client {
             .send(Method::GET, url.clone(), headers, Body::Empty, &scope, true)
             .await?;
         if resp.status() == StatusCode::NOT_FOUND {
-            return Err(Error::ManifestNotFound { reference: name });
+            return Err(Error::ManifestNotFound { reference: name }.into());
         }
         let mut resp = expect(resp, &Method::GET, &[StatusCode::OK]).await?;
         let media_type = content_type(resp.headers());
@@ -202,36 +275,25 @@ impl Client {
                 reference: name,
                 found: media_type,
                 expected: MANIFEST_TYPES.iter().map(|s| s.to_string()).collect(),
-            });
+            }
+            .into());
         }
         let limit = self.inner.options.max_manifest_size;
-        if let Some(size) = resp.content_length().filter(|n| *n > limit) {
-            return Err(Error::ManifestTooLarge {
-                reference: name,
-                size,
-                limit,
-            });
-        }
         let header_digest = resp
             .headers()
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok()?.parse::<Digest>().ok());
-        let mut data = BytesMut::new();
-        while let Some(chunk) = resp
-            .chunk()
+        let data = self
+            .read_limited(&mut resp, &Method::GET, &url, limit)
             .await
-            .map_err(|source| transport(&Method::GET, &url, source))?
-        {
-            data.extend_from_slice(&chunk);
-            if data.len() as u64 > limit {
-                return Err(Error::ManifestTooLarge {
-                    reference: name,
-                    size: data.len() as u64,
+            .map_err(|e| match e {
+                Limited::TooLarge(size) => Broke::Other(Error::ManifestTooLarge {
+                    reference: name.clone(),
+                    size,
                     limit,
-                });
-            }
-        }
-        let data = data.freeze();
+                }),
+                Limited::Broke(e) => Broke::Body(e),
+            })?;
         let digest = Digest::of(&data);
         let asked = reference.parse::<Digest>().ok();
         for expected in [asked, header_digest].into_iter().flatten() {
@@ -240,7 +302,8 @@ impl Client {
                     reference: name,
                     expected,
                     found: digest,
-                });
+                }
+                .into());
             }
         }
         let value: serde_json::Value = serde_json::from_slice(&data).map_err(|source| Error::BadManifest {
@@ -253,6 +316,52 @@ impl Client {
             digest,
             data,
         })
+    }
+
+    /// The body of `resp`, at most `limit` bytes (refused as soon as more arrive, whatever
+    /// `Content-Length` said). A read that breaks or stalls is [`Limited::Broke`].
+    pub(crate) async fn read_limited(
+        &self,
+        resp: &mut Response,
+        method: &Method,
+        url: &Url,
+        limit: u64,
+    ) -> Result<Bytes, Limited> {
+        if let Some(size) = resp.content_length().filter(|n| *n > limit) {
+            return Err(Limited::TooLarge(size));
+        }
+        let mut data = BytesMut::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    data.extend_from_slice(&chunk);
+                    if data.len() as u64 > limit {
+                        return Err(Limited::TooLarge(data.len() as u64));
+                    }
+                }
+                Ok(None) => return Ok(data.freeze()),
+                Err(e) => return Err(Limited::Broke(self.transport_error(method, url, e, 1))),
+            }
+        }
+    }
+
+    /// The error for a failed request or read: [`Error::Stalled`] for a timeout, else
+    /// [`Error::Transport`].
+    pub(crate) fn transport_error(&self, method: &Method, url: &Url, source: reqwest::Error, attempts: u32) -> Error {
+        if source.is_timeout() {
+            self.stalled(method, url, attempts)
+        } else {
+            transport(method, url, source)
+        }
+    }
+
+    pub(crate) fn stalled(&self, method: &Method, url: &Url, attempts: u32) -> Error {
+        Error::Stalled {
+            method: method.to_string(),
+            url: url.to_string(),
+            timeout: self.inner.options.read_timeout,
+            attempts,
+        }
     }
 
     /// `HEAD` a manifest: its digest if the registry has it (and names it).
@@ -313,9 +422,20 @@ impl Client {
             let resp = self
                 .send(Method::GET, url.clone(), HeaderMap::new(), Body::Empty, &scope, true)
                 .await?;
-            let resp = expect(resp, &Method::GET, &[StatusCode::OK]).await?;
+            let mut resp = expect(resp, &Method::GET, &[StatusCode::OK]).await?;
             let next = resp.headers().get("link").and_then(|l| next_link(l.to_str().ok()?));
-            let body = resp.bytes().await.map_err(|e| transport(&Method::GET, &url, e))?;
+            let limit = self.inner.options.max_manifest_size;
+            let body = match self.read_limited(&mut resp, &Method::GET, &url, limit).await {
+                Ok(body) => body,
+                Err(Limited::Broke(e)) => return Err(e),
+                Err(Limited::TooLarge(size)) => {
+                    return Err(Error::ManifestTooLarge {
+                        reference: format!("{}/{repository} tag list", self.inner.registry),
+                        size,
+                        limit,
+                    });
+                }
+            };
             let page: TagList = serde_json::from_slice(&body).map_err(|source| Error::BadManifest {
                 reference: format!("{}/{repository} tag list", self.inner.registry),
                 source,
@@ -352,10 +472,17 @@ impl Client {
         let mut attempt = 0;
         let mut challenged = false;
         loop {
-            let mut rb = inner.http.request(method.clone(), url.clone()).headers(headers.clone());
+            let http = match body {
+                Body::File { .. } => &inner.upload_http,
+                _ => &inner.http,
+            };
+            let mut rb = http.request(method.clone(), url.clone()).headers(headers.clone());
             if let Some(h) = inner.auth.header(&inner.http, scope).await? {
                 rb = rb.header(AUTHORIZATION, h);
             }
+            // Milliseconds from `start` to the last bytes an upload body gave away.
+            let start = tokio::time::Instant::now();
+            let progress = Arc::new(AtomicU64::new(0));
             rb = match &body {
                 Body::Empty => rb,
                 Body::Bytes(b) => rb.body(b.clone()),
@@ -366,36 +493,44 @@ impl Client {
                     };
                     let mut f = tokio::fs::File::open(path).await.map_err(io)?;
                     f.seek(std::io::SeekFrom::Start(*offset)).await.map_err(io)?;
-                    let stream = tokio_util::io::ReaderStream::with_capacity(f.take(*len), 256 << 10);
+                    let moved = progress.clone();
+                    let stream = tokio_util::io::ReaderStream::with_capacity(f.take(*len), 256 << 10)
+                        .inspect(move |_| moved.store(elapsed_ms(start), Ordering::Relaxed));
                     rb.header(CONTENT_LENGTH, *len).body(reqwest::Body::wrap_stream(stream))
                 }
             };
-            let transient = match rb.send().await {
-                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !challenged => {
+            let sent = match &body {
+                Body::File { .. } => unless_stalled(rb.send(), start, &progress, inner.options.read_timeout).await,
+                _ => Some(rb.send().await),
+            };
+            let transient = match sent {
+                None if attempt < retries => "no progress within the read timeout".to_string(),
+                None => return Err(self.stalled(&method, &url, attempt + 1)),
+                Some(Ok(resp)) if resp.status() == StatusCode::UNAUTHORIZED && !challenged => {
                     challenged = true;
                     let header = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
                     inner.auth.on_challenge(header, 401)?;
                     continue;
                 }
-                Ok(resp) if matches!(resp.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                Some(Ok(resp)) if matches!(resp.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
                     return Err(inner.auth.unauthorized(resp.status().as_u16()));
                 }
-                Ok(resp)
+                Some(Ok(resp))
                     if (resp.status().is_server_error() || resp.status() == StatusCode::TOO_MANY_REQUESTS)
                         && attempt < retries =>
                 {
                     format!("HTTP {}", resp.status())
                 }
-                Ok(resp) => return Ok(resp),
-                Err(e) if e.is_redirect() => {
+                Some(Ok(resp)) => return Ok(resp),
+                Some(Err(e)) if e.is_redirect() => {
                     return Err(Error::TooManyRedirects {
                         method: method.to_string(),
                         url: url.to_string(),
                         limit: inner.options.max_redirects,
                     });
                 }
-                Err(e) if attempt < retries && !e.is_builder() => format!("{e}"),
-                Err(e) => return Err(transport(&method, &url, e)),
+                Some(Err(e)) if attempt < retries && !e.is_builder() => format!("{e}"),
+                Some(Err(e)) => return Err(self.transport_error(&method, &url, e, attempt + 1)),
             };
             attempt += 1;
             let wait = self.backoff(attempt);
@@ -409,6 +544,32 @@ impl Client {
         let base = self.inner.options.backoff;
         base.saturating_mul(1 << attempt.saturating_sub(1).min(16))
             .min(Duration::from_secs(10))
+    }
+}
+
+fn elapsed_ms(start: tokio::time::Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `fut`'s output, or `None` once `progress` (milliseconds after `start`, moved by whoever
+/// makes progress) stands still for `timeout`.
+async fn unless_stalled<F: std::future::Future>(
+    fut: F,
+    start: tokio::time::Instant,
+    progress: &AtomicU64,
+    timeout: Duration,
+) -> Option<F::Output> {
+    tokio::pin!(fut);
+    loop {
+        let seen = progress.load(Ordering::Relaxed);
+        tokio::select! {
+            out = &mut fut => return Some(out),
+            () = tokio::time::sleep_until(start + Duration::from_millis(seen) + timeout) => {
+                if progress.load(Ordering::Relaxed) == seen {
+                    return None;
+                }
+            }
+        }
     }
 }
 
@@ -433,8 +594,20 @@ pub(crate) async fn expect(resp: Response, method: &Method, ok: &[StatusCode]) -
     }
     let url = resp.url().to_string();
     let status = resp.status().as_u16();
-    // The body only explains the status; failing to read it must not hide the status.
-    let body = resp.bytes().await.unwrap_or_default();
+    // The body only explains the status: its first 512 bytes, read for at most 10 s (a
+    // hostile registry may send an endless one); failing to read it must not hide the status.
+    let mut resp = resp;
+    let mut body = Vec::new();
+    let read = async {
+        while body.len() < 512
+            && let Ok(Some(chunk)) = resp.chunk().await
+        {
+            body.extend_from_slice(&chunk);
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), read).await.is_err() {
+        tracing::debug!(url, "the error answer's body did not come; reporting the status alone");
+    }
     let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
     let body_excerpt = text.split_whitespace().collect::<Vec<_>>().join(" ");
     Err(Error::Http {

@@ -23,8 +23,8 @@ pub mod transfer;
 
 use std::path::PathBuf;
 
-pub use blob::BlobPushed;
-pub use client::{Client, ClientOptions, FetchedManifest};
+pub use blob::{BlobPushed, FREE_SPACE_RESERVE};
+pub use client::{Client, ClientOptions, DEFAULT_MAX_BLOB_SIZE, DEFAULT_READ_TIMEOUT, FetchedManifest};
 pub use reference::{BadReference, Reference};
 pub use transfer::{PushOptions, Stats, Transferred, pull, push};
 
@@ -111,8 +111,36 @@ pub enum Error {
         received: u64,
         attempts: u32,
     },
-    /// A manifest bigger than the limit.
-    #[error("{reference}: manifest is {size} bytes or more, above the limit of {limit} bytes")]
+    /// The registry sent nothing for longer than the read timeout, on every attempt.
+    #[error(
+        "{method} {url}: the registry sent nothing for {} s (the read timeout) on each of {attempts} attempts; \
+         for a slow registry, raise --registry-timeout (STRATA_REGISTRY_TIMEOUT)",
+        timeout.as_secs_f64()
+    )]
+    Stalled {
+        method: String,
+        url: String,
+        timeout: std::time::Duration,
+        attempts: u32,
+    },
+    /// A blob whose descriptor claims more bytes than strata accepts.
+    #[error("{reference}: the blob claims {size} bytes, above the limit of {limit} bytes; not downloaded")]
+    BlobTooLarge { reference: String, size: u64, limit: u64 },
+    /// A blob that would not fit in the store's file system.
+    #[error(
+        "{reference}: the blob claims {size} bytes, but {} has only {free} bytes free \
+         (keeping {reserve} in reserve); free some space or use another --cache-dir",
+        store.display()
+    )]
+    NoSpace {
+        reference: String,
+        size: u64,
+        free: u64,
+        reserve: u64,
+        store: PathBuf,
+    },
+    /// A manifest, index, tag list or image config bigger than the limit.
+    #[error("{reference}: {size} bytes or more, above the limit of {limit} bytes for a manifest, index or config")]
     ManifestTooLarge { reference: String, size: u64, limit: u64 },
     /// A manifest (or blob) with a media type we do not accept here.
     #[error("{reference}: media type `{found}` is not one of {}", expected.join(", "))]
@@ -186,7 +214,7 @@ impl Error {
         match self {
             Error::Http { status, .. } => *status >= 500 || *status == 429,
             Error::Transport { source, .. } => !source.is_builder() && !source.is_redirect(),
-            Error::Truncated { .. } => true,
+            Error::Truncated { .. } | Error::Stalled { .. } => true,
             _ => false,
         }
     }

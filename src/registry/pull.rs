@@ -4,8 +4,10 @@
 //! `REF` names a product artifact (`REPO:TAG-initrd`, `REPO:TAG-sysext-network`, …) or the
 //! index of a whole build (`REPO:TAG`: every product in it). Each manifest must be an OCI
 //! artifact of a type strata knows ([`crate::registry::artifact::PRODUCT_TYPES`]) with exactly one blob of
-//! that type's media type and a plain file name in `org.opencontainers.image.title`; a sysext's
-//! name must end in `.sysext.raw`. Everything is checked before any blob is downloaded.
+//! that type's media type and, in `org.opencontainers.image.title`, a file name its kind may
+//! have ([`artifact::check_file_name`]: `vmlinuz[-VERSION]`, `initrd[.EXT|-SUFFIX]`,
+//! `NAME.sysext.raw`; never `products.json`). Everything is checked before any blob is
+//! downloaded.
 //! Blobs go through the local store (verified by digest and size on the way in), are hashed
 //! again while they are copied out, and each file is written atomically (temporary file,
 //! fsync, rename), mode 0644.
@@ -124,22 +126,9 @@ fn check_product(media_type: &str, data: &[u8]) -> Result<Plan> {
     Ok(Plan { ptype, blob, file })
 }
 
-/// A plain file name in the output directory: no directories, not hidden.
+/// A file name a product of its kind may have ([`artifact::check_file_name`]).
 fn check_file_name(name: &str, ptype: ProductType) -> Result<()> {
-    let plain = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']) && name.len() <= 255;
-    if !plain {
-        bail!(
-            "the {} file name `{}` is not a plain file name",
-            ptype.kind,
-            name.escape_debug()
-        );
-    }
-    if let Some(suffix) = artifact::extension_suffix(ptype.kind)
-        && name.strip_suffix(suffix).is_none_or(str::is_empty)
-    {
-        bail!("the {} file name `{name}` does not end in {suffix}", ptype.kind);
-    }
-    Ok(())
+    artifact::check_file_name(ptype.kind, name)
 }
 
 /// Fetch `opts.reference` and install its product(s) into `opts.output`.

@@ -192,6 +192,7 @@ pub async fn run(opts: &Options) -> Result<Summary> {
     for p in &build.products {
         product_type(&p.kind).with_context(|| format!("strata cannot push a `{}` product yet", p.kind))?;
         product_tag(&tag, p)?;
+        product_path(&opts.output, p)?;
     }
     let store_dir = opts.cache_dir.join("oci");
     let store = Store::open(&store_dir).with_context(|| format!("opening the layer store {}", store_dir.display()))?;
@@ -343,7 +344,7 @@ pub async fn run(opts: &Options) -> Result<Summary> {
 
 /// Put a product file into the store, checking it is still the file `products.json` names.
 fn import(store: &Store, dir: &Path, product: &Product) -> Result<Digest> {
-    let path = dir.join(&product.file);
+    let path = product_path(dir, product)?;
     let expected: Digest = format!("sha256:{}", product.sha256)
         .parse()
         .with_context(|| format!("{}: bad sha256 for {}", products::FILE, product.file))?;

@@ -282,6 +282,15 @@ fn pull_tree<'a>(
                 pull_tree(client, store, repository, &fetched, stats).await?;
             }
         } else {
+            // The config is JSON read whole, bounded like a manifest.
+            let limit = client.options().max_manifest_size;
+            if let Some(config) = tree.blobs.first().filter(|c| c.size > limit) {
+                return Err(Error::ManifestTooLarge {
+                    reference: format!("{name} config {}", config.digest),
+                    size: config.size,
+                    limit,
+                });
+            }
             let blobs = unique_blobs(&tree);
             let results: Vec<_> = futures_util::stream::iter(blobs)
                 .map(|b: Descriptor| async move {

@@ -49,6 +49,8 @@ pub enum Error {
     BadIndex { path: PathBuf, source: serde_json::Error },
     #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("{path} is a directory, not a blob: remove it (strata replaces it when it writes that blob again)")]
+    NotABlob { path: PathBuf },
     #[error("interrupted: {path} was not written")]
     Interrupted { path: PathBuf },
 }
@@ -221,6 +223,10 @@ impl Store {
             }
             Err(e) => return Err(Error::Io { path, source: e }),
         };
+        // A directory opens like a file; reading it would fail with a bare EISDIR.
+        if file.metadata().map_err(io_at(&path))?.is_dir() {
+            return Err(Error::NotABlob { path });
+        }
         Ok(BlobReader {
             file,
             path,
@@ -322,7 +328,14 @@ impl BlobWriter {
                 });
             }
         }
-        self.file.commit(&self.store.blob_path(&digest))?;
+        let dest = self.store.blob_path(&digest);
+        // Nothing valid is ever a directory at a content-addressed path (a file cannot be
+        // renamed over one): it goes.
+        if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+            tracing::warn!("{} is a directory, not a blob: replacing it", dest.display());
+            fs::remove_dir_all(&dest).map_err(io_at(&dest))?;
+        }
+        self.file.commit(&dest)?;
         Ok((digest, self.size))
     }
 }
@@ -401,6 +414,25 @@ mod tests {
         assert!(err.to_string().contains(&d.to_string()));
         assert!(!store.has_blob(&d));
         assert!(matches!(store.read_blob(&d).unwrap_err(), Error::Missing { .. }));
+    }
+
+    #[test]
+    fn a_directory_at_a_blob_path_is_explained_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = Digest::of(b"hello");
+        let path = store.blob_path(&d);
+        fs::create_dir_all(path.join("sub")).unwrap();
+        let err = store.read_blob(&d).unwrap_err();
+        assert!(matches!(err, Error::NotABlob { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&path.display().to_string()) && text.contains("is a directory, not a blob: remove it"),
+            "{text}"
+        );
+        assert!(!store.has_blob(&d));
+        assert_eq!(store.put_blob(b"hello").unwrap(), d);
+        assert_eq!(store.read_blob(&d).unwrap(), b"hello");
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub struct Faults {
     pub redirect_loop: bool,
     /// The next N requests whose `METHOD path` contains the string answer 500.
     pub fail: Vec<(String, u32)>,
+    /// The next N answers to requests whose `METHOD path` contains the string send their
+    /// headers (the full `Content-Length`) and half the body, then nothing, forever.
+    pub stall: Vec<(String, u32)>,
+    /// The next N requests whose `METHOD path` contains the string get no answer at all.
+    pub stall_headers: Vec<(String, u32)>,
     /// Require bearer tokens from `/token`, which wants these basic credentials.
     pub bearer: Option<(String, String)>,
 }
@@ -147,25 +152,64 @@ async fn handle(state: Arc<Mutex<State>>, addr: String, req: Request<Incoming>) 
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let mut st = state.lock().unwrap();
     let line = format!("{method} {path}{}{}", if query.is_empty() { "" } else { "?" }, query);
-    let resp = route(
-        &mut st,
-        &addr,
-        &method,
-        &path,
-        &query,
-        range.as_deref(),
-        auth.as_deref(),
-        content_range.as_deref(),
-        body,
-    );
-    st.log.push(format!(
-        "{line} {} -> {}",
-        range.unwrap_or_default(),
-        resp.status().as_u16()
-    ));
+    let request = format!("{method} {path}");
+    let (stall_headers, stall_body) = {
+        let mut st = state.lock().unwrap();
+        let stall_headers = take_one(&mut st.faults.stall_headers, &request);
+        if stall_headers {
+            st.log.push(format!("{line} -> stalled"));
+        }
+        (stall_headers, take_one(&mut st.faults.stall, &request))
+    };
+    if stall_headers {
+        return futures_util::future::pending().await;
+    }
+    let resp = {
+        let mut st = state.lock().unwrap();
+        let resp = route(
+            &mut st,
+            &addr,
+            &method,
+            &path,
+            &query,
+            range.as_deref(),
+            auth.as_deref(),
+            content_range.as_deref(),
+            body,
+        );
+        st.log.push(format!(
+            "{line} {} -> {}",
+            range.unwrap_or_default(),
+            resp.status().as_u16()
+        ));
+        resp
+    };
+    if stall_body && method != Method::HEAD {
+        let (parts, body) = resp.into_parts();
+        let data = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let half = data.slice(..data.len() / 2);
+        let stream =
+            futures_util::stream::once(async move { Ok(Frame::data(half)) }).chain(futures_util::stream::pending());
+        let mut r = Response::from_parts(parts, BodyExt::boxed(StreamBody::new(stream)));
+        r.headers_mut().insert("content-length", data.len().into());
+        return Ok(r);
+    }
     Ok(resp)
+}
+
+/// Count down the first rule whose pattern `request` contains; whether one matched.
+fn take_one(rules: &mut [(String, u32)], request: &str) -> bool {
+    match rules
+        .iter_mut()
+        .find(|(pat, n)| *n > 0 && request.contains(pat.as_str()))
+    {
+        Some((_, n)) => {
+            *n -= 1;
+            true
+        }
+        None => false,
+    }
 }
 
 fn query_param(query: &str, key: &str) -> Option<String> {
