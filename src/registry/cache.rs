@@ -3,7 +3,7 @@
 //! `REPO` is `host[:port]/repository` without a tag. A layer of kind `KIND` (`base`,
 //! `kernel`, `ext-NAME`) whose cache key is `sha256:HEX` lives there under the tag
 //! `KIND-HEX` (e.g. `base-3f0c…`, 69 characters), as the same manifest the local store
-//! holds, byte for byte, with its signature under `KIND-HEX.sig` ([`signature`]).
+//! holds, byte for byte, with its signature under `KIND-HEX.sig` (the `signature` module).
 //!
 //! Trust: a cache registry is not trusted. A layer from `--cache-from` is used only when
 //! it is signed by a certificate the user trusts (`--cache-trust`, by default the
