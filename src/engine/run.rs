@@ -48,12 +48,15 @@ pub struct Failed {
 
 /// A command's answer that is not the JSON it promised.
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: its answer is not the JSON strata expects ({source}): `{line}`\n--- to reproduce ---\n{reproduce}")]
+#[error(
+    "{what}: its answer is not the JSON strata expects ({parse_error}): `{line}`\n--- to reproduce ---\n{reproduce}"
+)]
 pub struct BadAnswer {
     pub what: String,
     pub line: String,
     pub reproduce: String,
-    pub source: serde_json::Error,
+    /// Shown in the message, before the reproduce line, so not a `source` of the chain.
+    pub parse_error: serde_json::Error,
 }
 
 /// The `podman run` line that runs `cmd` in a fresh container of `spec`'s image.
@@ -107,11 +110,11 @@ pub fn parse_answer<T: DeserializeOwned>(stdout: &[u8], spec: &ContainerSpec, cm
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
         .to_string();
-    serde_json::from_str(&line).map_err(|source| BadAnswer {
+    serde_json::from_str(&line).map_err(|parse_error| BadAnswer {
         what: cmd.what.clone(),
         line: line.chars().take(500).collect(),
         reproduce: reproduce_line(spec, cmd),
-        source,
+        parse_error,
     })
 }
 

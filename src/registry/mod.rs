@@ -50,7 +50,7 @@ pub enum Error {
     #[error(transparent)]
     BadReference(#[from] BadReference),
     /// The connection failed or broke (after the allowed retries).
-    #[error("{method} {url}: {source}")]
+    #[error("{method} {url}")]
     Transport {
         method: String,
         url: String,
@@ -150,7 +150,7 @@ pub enum Error {
         expected: Vec<String>,
     },
     /// A manifest whose JSON does not parse.
-    #[error("{reference}: not a valid manifest: {source}")]
+    #[error("{reference}: not a valid manifest")]
     BadManifest {
         reference: String,
         #[source]
@@ -176,7 +176,7 @@ pub enum Error {
     #[error("no manifest named `{name}` in the store at {}", store.display())]
     LocalRefMissing { store: PathBuf, name: String },
     /// Setting up the HTTP client failed (TLS roots, …).
-    #[error("cannot set up the HTTP client: {0}")]
+    #[error("cannot set up the HTTP client")]
     ClientSetup(#[source] reqwest::Error),
     /// The local store failed.
     #[error(transparent)]

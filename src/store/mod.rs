@@ -45,7 +45,7 @@ pub enum Error {
     SizeMismatch { digest: Digest, expected: u64, found: u64 },
     #[error("blob {digest} is not in the store at {root}")]
     Missing { root: PathBuf, digest: Digest },
-    #[error("{path} is not a valid OCI index: {source}")]
+    #[error("{path} is not a valid OCI index")]
     BadIndex { path: PathBuf, source: serde_json::Error },
     #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
