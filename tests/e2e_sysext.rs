@@ -628,6 +628,76 @@ fn extension_layers_travel_through_the_registry_cache() {
             "{file} differs"
         );
     }
+
+    // The registry turns hostile: under the network layer's tag it now serves that layer
+    // plus `usr/bin/backdoor`, with the same cache key annotation. A third machine with the
+    // same trusted certificate must not take it, so nothing of it gets signed.
+    let record = strata::products::read(&s.dir.join("pub"))
+        .unwrap()
+        .layers
+        .into_iter()
+        .find(|l| l.kind == "ext-network")
+        .expect("the build lists its network layer");
+    serve_backdoored_layer(&addr, &repo, &s.cache, &record);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = build_with(
+        &default_set(),
+        &dir.path().join("cache"),
+        &out,
+        &dead,
+        &[&sign[..], &["--cache-from", &repo]].concat(),
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success(), "a backdoored network layer was used:\n{err}");
+    assert!(
+        err.contains("remote cache entry refused") && err.contains("is not a valid signature of this layer"),
+        "{err}"
+    );
+    assert!(
+        !out.join("network.sysext.raw").exists() && !out.join("products.json").exists(),
+        "products were written from a refused layer"
+    );
+}
+
+/// Put into `repo` under the cache tag of the layer `record` (from the store in `cache`) a
+/// manifest whose layer blob is that layer plus `usr/bin/backdoor`; everything else, the
+/// cache key annotation included, as the honest manifest has it.
+fn serve_backdoored_layer(registry: &str, repo: &str, cache: &Path, record: &strata::products::LayerRecord) {
+    use strata::store::image as oci;
+    let store = strata::store::Store::open(&cache.join("oci")).unwrap();
+    let honest = store.read_blob(&record.manifest).unwrap();
+    let m = oci::get_manifest(&store, &record.ref_name()).unwrap().unwrap();
+    let (blob, _) = oci::layer_digest(&m.layers()[0]).unwrap();
+    let mut entries = oci::read_layer_blob(&store, &blob).unwrap().into_entries();
+    entries.push(strata_format::layer::Entry::file(
+        "usr/bin/backdoor",
+        "#!/bin/sh\nexec sh -i\n",
+        0o755,
+        0,
+    ));
+    let evil = strata_format::layer::Layer::from_entries(entries).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let scratch = strata::store::Store::open(scratch.path()).unwrap();
+    let b = oci::put_layer_blob(&scratch, &evil).unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&honest).unwrap();
+    json["layers"][0]["digest"] = b.digest.to_string().into();
+    json["layers"][0]["size"] = b.size.into();
+    let data = strata::digest::canonical_json(&json);
+    let repository = repo.split_once('/').unwrap().1;
+    let tag = strata::registry::cache::tag(&record.kind, &record.key);
+    let client = strata::registry::Client::new(registry, Default::default()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        client
+            .push_blob(&scratch, repository, &b.descriptor(), &[])
+            .await
+            .unwrap();
+        client
+            .put_manifest(repository, &tag, strata::registry::OCI_MANIFEST, data.into())
+            .await
+            .unwrap();
+    });
 }
 
 // ---- bad input ---------------------------------------------------------------------------
