@@ -104,7 +104,36 @@ fn default_set_boots_a_real_debian_root_by_uuid() {
         m.line,
         tail(console)
     );
-    eprintln!("real root reached after {:.1?}: {}", booted.to_marker.unwrap(), m.line);
+    eprintln!(
+        "real root reached {:.1?} after qemu's start, {:.1} s after the kernel's: {}\n{:?}",
+        booted.to_marker.unwrap(),
+        m.uptime,
+        m.line,
+        booted.analyze
+    );
+}
+
+#[test]
+#[ignore = "e2e: needs podman, the Debian mirror, qemu-system-x86_64, mke2fs, sfdisk (run with --include-ignored; ci/test.sh does)"]
+fn default_set_boots_the_real_root_by_partuuid() {
+    let _s = serial();
+    require_tools(&["podman", "qemu-system-x86_64", "mke2fs", "sfdisk", "tar"]);
+    let disk = real_root::real_root_disk();
+    let b = built();
+    let append = real_root::cmdline(&format!("root=PARTUUID={}", real_root::ROOT_PARTUUID), "ro");
+    let booted = real_root::boot_root(
+        &product_file(&b.out, "kernel"),
+        &product_file(&b.out, "initrd"),
+        &[&disk],
+        &append,
+        Duration::from_secs(480),
+    );
+    let m = booted
+        .marker
+        .unwrap_or_else(|| panic!("the real root's marker never came:\n{}", tail(&booted.console)));
+    assert_eq!((m.pid1.as_str(), m.fstype.as_str()), ("systemd", "ext4"), "{}", m.line);
+    assert_eq!(m.source, "/dev/vda1", "{}", m.line);
+    assert_eq!((m.failed, m.state.as_str()), (0, "running"), "{}", m.line);
 }
 
 #[test]
@@ -145,8 +174,9 @@ fn real_root_by_label_rw_reports_a_failed_unit() {
 #[test]
 fn root_marker_line_is_parsed() {
     let console = "[  1.0] Reached target multi-user.target\n\
-        [ 40.1] STRATA-ROOT source=/dev/mapper/root fstype=xfs uuid=u-1 options=ro,relatime pid1=systemd state=degraded failed=2 a.service b.mount \n";
+        [ 40.1] STRATA-ROOT uptime=40.12 source=/dev/mapper/root fstype=xfs uuid=u-1 options=ro,relatime pid1=systemd state=degraded failed=2 a.service b.mount \n";
     let m = real_root::RootMarker::find(console).expect("a marker line");
+    assert_eq!(m.uptime, 40.12);
     assert_eq!(m.source, "/dev/mapper/root");
     assert_eq!(m.fstype, "xfs");
     assert_eq!(m.uuid, "u-1");

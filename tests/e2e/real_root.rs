@@ -56,12 +56,14 @@ RUN chmod 0755 /usr/local/sbin/strata-marker \\
 ";
 
 /// Waits until no job is left (Type=exec: this unit's own start job is done once it runs),
-/// then prints the marker to the console and powers off.
+/// then prints `systemd-analyze time` (where the boot's time went, initrd included) and the
+/// marker (with the kernel's uptime) to the console and powers off.
 const MARKER_SCRIPT: &str = r#"#!/bin/sh
 state=$(timeout 300 systemctl is-system-running --wait 2>&1)
 failed=$(systemctl --failed --plain --no-legend | cut -d' ' -f1 | tr '\n' ' ')
 count=$(systemctl --failed --plain --no-legend | wc -l)
-echo "STRATA-ROOT source=$(findmnt -no SOURCE /) fstype=$(findmnt -no FSTYPE /) uuid=$(findmnt -no UUID /) options=$(findmnt -no OPTIONS /) pid1=$(cat /proc/1/comm) state=$state failed=$count $failed" >/dev/console
+command -v systemd-analyze >/dev/null && echo "STRATA-ANALYZE $(systemd-analyze time 2>&1 | head -n 1)" >/dev/console
+echo "STRATA-ROOT uptime=$(cut -d' ' -f1 /proc/uptime) source=$(findmnt -no SOURCE /) fstype=$(findmnt -no FSTYPE /) uuid=$(findmnt -no UUID /) options=$(findmnt -no OPTIONS /) pid1=$(cat /proc/1/comm) state=$state failed=$count $failed" >/dev/console
 systemctl --no-block poweroff
 "#;
 
@@ -108,7 +110,7 @@ pub fn real_root_disk() -> PathBuf {
     assert!(ok, "podman image inspect {BASE_IMAGE}: {base_id}");
     let mut recipe = Sha256::new();
     for part in [
-        "strata real root v1",
+        "strata real root v2",
         base_id.trim(),
         CONTAINERFILE,
         MARKER_SCRIPT,
@@ -252,6 +254,8 @@ fn run(cmd: &mut Command, what: &str) {
 #[derive(Debug)]
 pub struct RootMarker {
     pub line: String,
+    /// The guest kernel's uptime when the marker was printed, in seconds.
+    pub uptime: f64,
     pub source: String,
     pub fstype: String,
     pub uuid: String,
@@ -266,10 +270,11 @@ pub struct RootMarker {
 impl RootMarker {
     /// The first marker line of `console`, if any (not the echo of the script's own text).
     pub fn find(console: &str) -> Option<RootMarker> {
-        let line = console.lines().find(|l| l.contains(&format!("{MARKER} source=")))?;
+        let line = console.lines().find(|l| l.contains(&format!("{MARKER} uptime=")))?;
         let text = &line[line.find(MARKER).unwrap() + MARKER.len()..];
         let mut m = RootMarker {
             line: line.to_string(),
+            uptime: f64::NAN,
             source: String::new(),
             fstype: String::new(),
             uuid: String::new(),
@@ -285,6 +290,7 @@ impl RootMarker {
                 continue;
             };
             match key {
+                "uptime" => m.uptime = value.parse().unwrap_or(f64::NAN),
                 "source" => m.source = value.into(),
                 "fstype" => m.fstype = value.into(),
                 "uuid" => m.uuid = value.into(),
@@ -306,6 +312,8 @@ impl RootMarker {
 /// A boot under qemu: the console and, when the root's marker came, its line and the time.
 pub struct Booted {
     pub console: String,
+    /// The root's `systemd-analyze time` line ("Startup finished in … (initrd) + …").
+    pub analyze: Option<String>,
     pub marker: Option<RootMarker>,
     /// Wall time from qemu's start to the marker line.
     pub to_marker: Option<Duration>,
@@ -351,7 +359,7 @@ pub fn boot_root(kernel: &Path, initrd: &Path, disks: &[&Path], append: &str, li
     for line in BufReader::new(qemu.stdout.take().unwrap()).split(b'\n') {
         let Ok(line) = line else { break };
         let line = String::from_utf8_lossy(&line).into_owned();
-        if to_marker.is_none() && line.contains(&format!("{MARKER} source=")) {
+        if to_marker.is_none() && line.contains(&format!("{MARKER} uptime=")) {
             to_marker = Some(start.elapsed());
         }
         console.push_str(&line);
@@ -366,6 +374,9 @@ pub fn boot_root(kernel: &Path, initrd: &Path, disks: &[&Path], append: &str, li
     );
     Booted {
         marker: RootMarker::find(&console),
+        analyze: console
+            .lines()
+            .find_map(|l| l.split_once("STRATA-ANALYZE ").map(|(_, a)| a.to_string())),
         console,
         to_marker,
     }
