@@ -2,7 +2,7 @@
 //! under qemu as the judge of the initrd.
 //!
 //! These tests need podman (configured by ci/setup.sh), the Debian mirror, qemu, GNU cpio,
-//! zstd, mke2fs and busybox: they are `#[ignore]`d and run with `--include-ignored` (as
+//! zstd, mke2fs and sfdisk: they are `#[ignore]`d and run with `--include-ignored` (as
 //! ci/test.sh does), where a missing tool fails the test. Those that need none of it (bad
 //! input refused before anything is built) always run. The tests run one at a time (they
 //! share the machine's two cores and podman), and the default set is built once and shared.
@@ -63,42 +63,129 @@ fn cpio_list(member: &[u8]) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "e2e: needs podman, the Debian mirror, qemu-system-x86_64, mke2fs, busybox (run with --include-ignored; ci/test.sh does)"]
-fn default_set_boots_under_qemu_and_switches_root() {
+#[ignore = "e2e: needs podman, the Debian mirror, qemu-system-x86_64, mke2fs, sfdisk (run with --include-ignored; ci/test.sh does)"]
+fn default_set_boots_a_real_debian_root_by_uuid() {
     let _s = serial();
-    require_tools(&["podman", "qemu-system-x86_64", "mke2fs", "busybox"]);
+    require_tools(&["podman", "qemu-system-x86_64", "mke2fs", "sfdisk", "tar"]);
+    let disk = real_root::real_root_disk();
     let b = built();
-    let dir = tempfile::tempdir().unwrap();
-    let disk = root_disk(dir.path());
-    let console = boot(&product_file(&b.out, "kernel"), &product_file(&b.out, "initrd"), &disk);
-    let tail: String = console
-        .lines()
-        .rev()
-        .take(60)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n");
+    let append = real_root::cmdline(&format!("root=UUID={}", real_root::ROOT_UUID), "ro");
+    let booted = real_root::boot_root(
+        &product_file(&b.out, "kernel"),
+        &product_file(&b.out, "initrd"),
+        &[&disk],
+        &append,
+        Duration::from_secs(480),
+    );
+    let console = &booted.console;
     let in_initrd = console
         .find("systemd[1]: Running in initrd.")
-        .unwrap_or_else(|| panic!("systemd did not run in the initrd:\n{tail}"));
+        .unwrap_or_else(|| panic!("systemd did not run in the initrd:\n{}", tail(console)));
     let switch = console
         .find("initrd-switch-root.service")
-        .unwrap_or_else(|| panic!("no switch-root:\n{tail}"));
-    let marker = console
-        .find(MARKER)
-        .unwrap_or_else(|| panic!("the root's /sbin/init never ran:\n{tail}"));
+        .unwrap_or_else(|| panic!("no switch-root:\n{}", tail(console)));
+    let m = booted
+        .marker
+        .unwrap_or_else(|| panic!("the real root's marker never came:\n{}", tail(console)));
+    let marker = console.find(&m.line).unwrap();
     assert!(
         in_initrd < switch && switch < marker,
-        "boot steps out of order:\n{tail}"
+        "boot steps out of order:\n{}",
+        tail(console)
     );
-    // The kernel's clock when the root was reached: for the note, not an assertion.
-    let reached = console[..marker]
-        .rfind('[')
-        .and_then(|i| console[i + 1..].split(']').next())
-        .map(str::trim);
-    eprintln!("switch-root reached; last kernel timestamp before the marker: {reached:?} s");
+    assert_eq!(m.pid1, "systemd", "PID 1 of the real root: {}", m.line);
+    assert_eq!(m.source, "/dev/vda1", "the root's source: {}", m.line);
+    assert_eq!(m.fstype, "ext4", "the root's type: {}", m.line);
+    assert_eq!(m.uuid, real_root::ROOT_UUID, "the root's UUID: {}", m.line);
+    assert_eq!(
+        (m.failed, m.state.as_str()),
+        (0, "running"),
+        "failed units on the real root: {}\n{}",
+        m.line,
+        tail(console)
+    );
+    eprintln!(
+        "real root reached {:.1?} after qemu's start, {:.1} s after the kernel's: {}\n{:?}",
+        booted.to_marker.unwrap(),
+        m.uptime,
+        m.line,
+        booted.analyze
+    );
+}
+
+#[test]
+#[ignore = "e2e: needs podman, the Debian mirror, qemu-system-x86_64, mke2fs, sfdisk (run with --include-ignored; ci/test.sh does)"]
+fn default_set_boots_the_real_root_by_partuuid() {
+    let _s = serial();
+    require_tools(&["podman", "qemu-system-x86_64", "mke2fs", "sfdisk", "tar"]);
+    let disk = real_root::real_root_disk();
+    let b = built();
+    let append = real_root::cmdline(&format!("root=PARTUUID={}", real_root::ROOT_PARTUUID), "ro");
+    let booted = real_root::boot_root(
+        &product_file(&b.out, "kernel"),
+        &product_file(&b.out, "initrd"),
+        &[&disk],
+        &append,
+        Duration::from_secs(480),
+    );
+    let m = booted
+        .marker
+        .unwrap_or_else(|| panic!("the real root's marker never came:\n{}", tail(&booted.console)));
+    assert_eq!((m.pid1.as_str(), m.fstype.as_str()), ("systemd", "ext4"), "{}", m.line);
+    assert_eq!(m.source, "/dev/vda1", "{}", m.line);
+    assert_eq!((m.failed, m.state.as_str()), (0, "running"), "{}", m.line);
+}
+
+#[test]
+#[ignore = "e2e: needs podman, the Debian mirror, qemu-system-x86_64, mke2fs, sfdisk (run with --include-ignored; ci/test.sh does)"]
+fn real_root_by_label_rw_reports_a_failed_unit() {
+    let _s = serial();
+    require_tools(&["podman", "qemu-system-x86_64", "mke2fs", "sfdisk", "tar"]);
+    let disk = real_root::real_root_disk();
+    let b = built();
+    // A unit of the root that fails, asked for on the command line: the marker must see it,
+    // or its `failed=0` in the test above would prove nothing.
+    let append = real_root::cmdline(
+        &format!("root=LABEL={}", real_root::ROOT_LABEL),
+        &format!("rw systemd.wants={}", real_root::FAIL_UNIT),
+    );
+    let booted = real_root::boot_root(
+        &product_file(&b.out, "kernel"),
+        &product_file(&b.out, "initrd"),
+        &[&disk],
+        &append,
+        Duration::from_secs(480),
+    );
+    let m = booted
+        .marker
+        .unwrap_or_else(|| panic!("the real root's marker never came:\n{}", tail(&booted.console)));
+    assert_eq!((m.pid1.as_str(), m.fstype.as_str()), ("systemd", "ext4"), "{}", m.line);
+    assert_eq!(m.source, "/dev/vda1", "{}", m.line);
+    assert!(m.options.split(',').any(|o| o == "rw"), "mounted rw: {}", m.line);
+    assert_eq!(m.state, "degraded", "{}", m.line);
+    assert_eq!(
+        (m.failed, m.failed_units.clone()),
+        (1, vec![real_root::FAIL_UNIT.to_string()]),
+        "{}",
+        m.line
+    );
+}
+
+#[test]
+fn root_marker_line_is_parsed() {
+    let console = "[  1.0] Reached target multi-user.target\n\
+        [ 40.1] STRATA-ROOT uptime=40.12 source=/dev/mapper/root fstype=xfs uuid=u-1 options=ro,relatime pid1=systemd state=degraded failed=2 a.service b.mount \n";
+    let m = real_root::RootMarker::find(console).expect("a marker line");
+    assert_eq!(m.uptime, 40.12);
+    assert_eq!(m.source, "/dev/mapper/root");
+    assert_eq!(m.fstype, "xfs");
+    assert_eq!(m.uuid, "u-1");
+    assert_eq!(m.options, "ro,relatime");
+    assert_eq!(m.pid1, "systemd");
+    assert_eq!(m.state, "degraded");
+    assert_eq!(m.failed, 2);
+    assert_eq!(m.failed_units, ["a.service", "b.mount"]);
+    assert!(real_root::RootMarker::find("STRATA-ROOT-REACHED\n").is_none());
 }
 
 #[test]

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use crate::support;
 
+pub mod real_root;
+
 pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
 pub static SERIAL: Mutex<()> = Mutex::new(());
@@ -124,7 +126,8 @@ pub fn assert_no_build_containers() {
     );
 }
 
-/// What the test root's /sbin/init prints.
+/// What the busybox test root's /sbin/init prints (tests/e2e_forky.rs; the default set boots
+/// the real root of [`real_root`]).
 pub const MARKER: &str = "STRATA-ROOT-REACHED";
 
 /// A root disk whose /sbin/init prints the marker and powers off.

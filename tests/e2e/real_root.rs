@@ -1,0 +1,383 @@
+//! A real Debian root for boot tests: trixie made from Debian packages in a podman container
+//! (systemd as PID 1), on an ext4 filesystem with a fixed UUID and LABEL, in a GPT disk with a
+//! fixed PARTUUID. A unit on it waits until the boot has finished, prints one [`MARKER`] line
+//! (how the root was mounted, PID 1's name, `systemctl --failed`) to the console, and powers
+//! off.
+//!
+//! The disk is made without loop devices or device-mapper: `podman export` of the root
+//! image, `mke2fs -d` of the unpacked tree into a file, `sfdisk` on the disk file and `dd` of
+//! the filesystem at its partition's offset. It is cached at
+//! `$STRATA_CI_CACHE/roots/<digest of the recipe>.img` (default `/var/cache/strata-ci`,
+//! ci/lib.sh's), written atomically, and made again only when the recipe or the base image
+//! changes (the outdated disk is then removed). Boots open it with `snapshot=on`: the cached image is never written.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::support;
+use crate::support::dissect::podman_out;
+
+const BASE_IMAGE: &str = "docker.io/library/debian:trixie";
+
+/// The root filesystem's UUID (`root=UUID=`).
+pub const ROOT_UUID: &str = "5a7a0c1e-7e57-4f00-8000-000000000001";
+/// The root filesystem's label (`root=LABEL=`).
+pub const ROOT_LABEL: &str = "strata-root";
+/// The root partition's GPT UUID (`root=PARTUUID=`).
+pub const ROOT_PARTUUID: &str = "5a7a0c1e-7e57-4f00-8000-000000000002";
+/// The disk's GPT UUID.
+const DISK_GUID: &str = "5a7a0c1e-7e57-4f00-8000-000000000003";
+/// The root filesystem's size; the tree is ~200 MB and the image file is sparse.
+const FS_MIB: u64 = 768;
+
+/// What the root's marker unit prints first on its line.
+pub const MARKER: &str = "STRATA-ROOT";
+
+const CONTAINERFILE: &str = "\
+FROM docker.io/library/debian:trixie
+RUN apt-get update \\
+ && apt-get install -y --no-install-recommends systemd systemd-sysv udev e2fsprogs \\
+ && apt-get clean \\
+ && rm -rf /var/lib/apt/lists/*
+COPY strata-marker /usr/local/sbin/strata-marker
+COPY strata-marker.service /etc/systemd/system/strata-marker.service
+COPY strata-fail.service /etc/systemd/system/strata-fail.service
+COPY fstab /etc/fstab
+RUN chmod 0755 /usr/local/sbin/strata-marker \\
+ && systemctl enable strata-marker.service \\
+ && systemctl mask serial-getty@ttyS0.service \\
+ && passwd --lock root \\
+ && echo strata-test-root > /etc/hostname \\
+ && echo 5a7a0c1e7e574f008000000000000004 > /etc/machine-id
+";
+
+/// Waits until no job is left (Type=exec: this unit's own start job is done once it runs),
+/// then prints `systemd-analyze time` (where the boot's time went, initrd included) and the
+/// marker (with the kernel's uptime) to the console and powers off.
+const MARKER_SCRIPT: &str = r#"#!/bin/sh
+state=$(timeout 300 systemctl is-system-running --wait 2>&1)
+failed=$(systemctl --failed --plain --no-legend | cut -d' ' -f1 | tr '\n' ' ')
+count=$(systemctl --failed --plain --no-legend | wc -l)
+command -v systemd-analyze >/dev/null && echo "STRATA-ANALYZE $(systemd-analyze time 2>&1 | head -n 1)" >/dev/console
+echo "STRATA-ROOT uptime=$(cut -d' ' -f1 /proc/uptime) source=$(findmnt -no SOURCE /) fstype=$(findmnt -no FSTYPE /) uuid=$(findmnt -no UUID /) options=$(findmnt -no OPTIONS /) pid1=$(cat /proc/1/comm) state=$state failed=$count $failed" >/dev/console
+systemctl --no-block poweroff
+"#;
+
+const MARKER_UNIT: &str = "\
+[Unit]
+Description=strata test: report how the root was reached, then power off
+After=multi-user.target
+
+[Service]
+Type=exec
+ExecStart=/usr/local/sbin/strata-marker
+StandardOutput=journal+console
+StandardError=journal+console
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// Not enabled: a test asks for it with `systemd.wants=strata-fail.service` to show that the
+/// marker's failed count sees a failed unit.
+pub const FAIL_UNIT: &str = "strata-fail.service";
+const FAIL_UNIT_TEXT: &str = "\
+[Unit]
+Description=strata test: a unit that fails when asked for
+
+[Service]
+Type=oneshot
+ExecStart=/bin/false
+";
+
+fn fstab() -> String {
+    format!("UUID={ROOT_UUID} / ext4 defaults 0 1\n")
+}
+
+/// The cached real root disk (a raw GPT image), made on first use. Panics, naming what is
+/// missing, when podman, the base image, the mirror or a tool fails.
+pub fn real_root_disk() -> PathBuf {
+    let podman = support::podman();
+    assert!(
+        podman_out(&podman, &["image", "exists", BASE_IMAGE]).0,
+        "the real root needs the base image {BASE_IMAGE}, which is missing; run ci/setup.sh (mmdebstrap + podman import)"
+    );
+    let (ok, base_id) = podman_out(&podman, &["image", "inspect", "--format", "{{.Id}}", BASE_IMAGE]);
+    assert!(ok, "podman image inspect {BASE_IMAGE}: {base_id}");
+    let mut recipe = Sha256::new();
+    for part in [
+        "strata real root v2",
+        base_id.trim(),
+        CONTAINERFILE,
+        MARKER_SCRIPT,
+        MARKER_UNIT,
+        FAIL_UNIT_TEXT,
+        &fstab(),
+        ROOT_UUID,
+        ROOT_LABEL,
+        ROOT_PARTUUID,
+        DISK_GUID,
+        &FS_MIB.to_string(),
+    ] {
+        recipe.update((part.len() as u64).to_le_bytes());
+        recipe.update(part);
+    }
+    let digest: String = recipe.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect();
+    let cache =
+        std::env::var_os("STRATA_CI_CACHE").map_or_else(|| PathBuf::from("/var/cache/strata-ci"), PathBuf::from);
+    let roots = cache.join("roots");
+    let img = roots.join(format!("trixie-ext4-{digest}.img"));
+    if img.is_file() {
+        eprintln!("real root: cached {}", img.display());
+        return img;
+    }
+    std::fs::create_dir_all(&roots).unwrap_or_else(|e| panic!("creating {}: {e}", roots.display()));
+    let start = Instant::now();
+    let work = tempfile::Builder::new()
+        .prefix("strata-root-")
+        .tempdir_in(&roots)
+        .unwrap();
+    let tree = build_tree(&podman, &digest, work.path());
+    let fs = work.path().join("root.ext4");
+    run(
+        Command::new(support::tool("mke2fs"))
+            .args(["-q", "-t", "ext4", "-U", ROOT_UUID, "-L", ROOT_LABEL, "-d"])
+            .arg(&tree)
+            .arg(&fs)
+            .arg(format!("{FS_MIB}M")),
+        "mke2fs -d of the real root",
+    );
+    // GPT: 1 MiB before the partition, 1 MiB after it for the backup table.
+    let disk = work.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len((FS_MIB + 2) << 20)
+        .unwrap();
+    let table = format!(
+        "label: gpt\nlabel-id: {DISK_GUID}\nstart=2048, size={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid={ROOT_PARTUUID}, name=root\n",
+        FS_MIB << 11
+    );
+    let mut sfdisk = Command::new(support::tool("sfdisk"))
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(&disk)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut sfdisk.stdin.take().unwrap(), table.as_bytes()).unwrap();
+    assert!(sfdisk.wait().unwrap().success(), "sfdisk on {} failed", disk.display());
+    run(
+        Command::new("dd")
+            .arg(format!("if={}", fs.display()))
+            .arg(format!("of={}", disk.display()))
+            .args(["bs=1M", "seek=1", "conv=notrunc,sparse", "status=none"]),
+        "dd of the root filesystem into the disk",
+    );
+    std::fs::rename(&disk, &img).unwrap();
+    // Older recipes' disks are not used again: ~180 MB each on the CI cache's disk.
+    for e in std::fs::read_dir(&roots).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("trixie-ext4-") && name.ends_with(".img") && e.path() != img {
+            eprintln!("real root: removing the outdated {name}");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    eprintln!("real root: made {} in {:.1?}", img.display(), start.elapsed());
+    img
+}
+
+/// Build the root image with podman and unpack it (as root, owners kept) under `work`.
+fn build_tree(podman: &Path, digest: &str, work: &Path) -> PathBuf {
+    let context = work.join("context");
+    std::fs::create_dir(&context).unwrap();
+    for (name, text) in [
+        ("Containerfile", CONTAINERFILE.to_string()),
+        ("strata-marker", MARKER_SCRIPT.to_string()),
+        ("strata-marker.service", MARKER_UNIT.to_string()),
+        (FAIL_UNIT, FAIL_UNIT_TEXT.to_string()),
+        ("fstab", fstab()),
+    ] {
+        std::fs::write(context.join(name), text).unwrap();
+    }
+    let tag = format!("localhost/strata-test-root:{digest}");
+    let (ok, out) = podman_out(
+        podman,
+        &[
+            "build",
+            "--pull=never",
+            "--network=host",
+            "-t",
+            &tag,
+            context.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "building the real root image failed:\n{out}");
+    let name = format!("strata-test-root-{digest}-{}", std::process::id());
+    let (ok, out) = podman_out(podman, &["create", "--name", &name, &tag, "/bin/true"]);
+    assert!(ok, "podman create of the real root: {out}");
+    let tar = work.join("root.tar");
+    let (exported, out) = podman_out(podman, &["export", "-o", tar.to_str().unwrap(), &name]);
+    podman_out(podman, &["rm", &name]);
+    podman_out(podman, &["rmi", &tag]);
+    assert!(exported, "podman export of the real root: {out}");
+    let tree = work.join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    run(
+        Command::new("tar")
+            .args(["--numeric-owner", "--same-permissions", "-xf"])
+            .arg(&tar)
+            .arg("-C")
+            .arg(&tree),
+        "unpacking the real root",
+    );
+    // podman leaves its own files in an image; a booted system has them from elsewhere.
+    for f in ["run/.containerenv", "etc/resolv.conf"] {
+        let _ = std::fs::remove_file(tree.join(f));
+    }
+    tree
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The marker line the real root printed, parsed.
+#[derive(Debug)]
+pub struct RootMarker {
+    pub line: String,
+    /// The guest kernel's uptime when the marker was printed, in seconds.
+    pub uptime: f64,
+    pub source: String,
+    pub fstype: String,
+    pub uuid: String,
+    pub options: String,
+    pub pid1: String,
+    pub state: String,
+    pub failed: usize,
+    /// The failed units' names.
+    pub failed_units: Vec<String>,
+}
+
+impl RootMarker {
+    /// The first marker line of `console`, if any (not the echo of the script's own text).
+    pub fn find(console: &str) -> Option<RootMarker> {
+        let line = console.lines().find(|l| l.contains(&format!("{MARKER} uptime=")))?;
+        let text = &line[line.find(MARKER).unwrap() + MARKER.len()..];
+        let mut m = RootMarker {
+            line: line.to_string(),
+            uptime: f64::NAN,
+            source: String::new(),
+            fstype: String::new(),
+            uuid: String::new(),
+            options: String::new(),
+            pid1: String::new(),
+            state: String::new(),
+            failed: usize::MAX,
+            failed_units: Vec::new(),
+        };
+        let mut words = text.split_whitespace();
+        for word in words.by_ref() {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            match key {
+                "uptime" => m.uptime = value.parse().unwrap_or(f64::NAN),
+                "source" => m.source = value.into(),
+                "fstype" => m.fstype = value.into(),
+                "uuid" => m.uuid = value.into(),
+                "options" => m.options = value.into(),
+                "pid1" => m.pid1 = value.into(),
+                "state" => m.state = value.into(),
+                "failed" => {
+                    m.failed = value.parse().unwrap_or(usize::MAX);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        m.failed_units = words.map(str::to_string).collect();
+        Some(m)
+    }
+}
+
+/// A boot under qemu: the console and, when the root's marker came, its line and the time.
+pub struct Booted {
+    pub console: String,
+    /// The root's `systemd-analyze time` line ("Startup finished in … (initrd) + …").
+    pub analyze: Option<String>,
+    pub marker: Option<RootMarker>,
+    /// Wall time from qemu's start to the marker line.
+    pub to_marker: Option<Duration>,
+}
+
+/// The kernel command line for the real root, as a user writes it: `root` is e.g.
+/// `root=UUID=…`; `extra` is appended (`ro`, `rootflags=…`).
+pub fn cmdline(root: &str, extra: &str) -> String {
+    format!("console=ttyS0 panic=-1 systemd.show_status=1 {root} {extra}")
+        .trim_end()
+        .to_string()
+}
+
+/// Boot `kernel` + `initrd` under qemu (TCG) with `disks` as virtio disks (the first is
+/// /dev/vda; all opened with `snapshot=on`, so never written) and `append` as the command
+/// line, until the root's marker is printed and the machine powers off, or `limit` passes (then
+/// qemu is killed). Returns the console.
+pub fn boot_root(kernel: &Path, initrd: &Path, disks: &[&Path], append: &str, limit: Duration) -> Booted {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-m", "1024", "-nographic", "-no-reboot", "-kernel"])
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd);
+    for disk in disks {
+        cmd.arg("-drive")
+            .arg(format!("file={},if=virtio,format=raw,snapshot=on", disk.display()));
+    }
+    cmd.args(["-append", append]);
+    eprintln!("booting with: {append}");
+    let start = Instant::now();
+    let mut qemu = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
+    // A watchdog: qemu is killed after the limit even if the console stays silent.
+    let (done, stop) = std::sync::mpsc::channel::<()>();
+    let pid = nix::unistd::Pid::from_raw(qemu.id() as i32);
+    let watchdog = std::thread::spawn(move || {
+        if stop.recv_timeout(limit).is_err() {
+            eprintln!("qemu ran past {limit:?}; killing it");
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    });
+    let mut console = String::new();
+    let mut to_marker = None;
+    for line in BufReader::new(qemu.stdout.take().unwrap()).split(b'\n') {
+        let Ok(line) = line else { break };
+        let line = String::from_utf8_lossy(&line).into_owned();
+        if to_marker.is_none() && line.contains(&format!("{MARKER} uptime=")) {
+            to_marker = Some(start.elapsed());
+        }
+        console.push_str(&line);
+        console.push('\n');
+    }
+    let status = qemu.wait().unwrap();
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    eprintln!(
+        "qemu exited {status} after {:.1?}; marker after {to_marker:.1?}",
+        start.elapsed()
+    );
+    Booted {
+        marker: RootMarker::find(&console),
+        analyze: console
+            .lines()
+            .find_map(|l| l.split_once("STRATA-ANALYZE ").map(|(_, a)| a.to_string())),
+        console,
+        to_marker,
+    }
+}
