@@ -572,5 +572,10 @@ modules = ["virtio_blk", "ext4"]
         let set = LayerSet::load(&dir).unwrap();
         assert_eq!(set.name, "debian-trixie");
         assert!(set.base.packages.iter().any(|p| p == "systemd"));
+        // Both shipped sets' kernel.modules are in the pattern grammar (`!`, `kernel/…`).
+        let forky = LayerSet::load(&dir.with_file_name("debian-forky")).unwrap();
+        for k in [&set.kernel, &forky.kernel] {
+            assert!(k.modules.iter().any(|m| m.starts_with("!kernel/")), "{:?}", k.modules);
+        }
     }
 }
