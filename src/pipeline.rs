@@ -326,10 +326,17 @@ async fn write_products(
     let mut members = {
         let (store, compression) = (store.clone(), set.base.compression);
         blocking(move || {
-            Ok(vec![
+            let members = vec![
                 crate::products::initrd::member(&store, &base_blob, compression, true)?,
                 crate::products::initrd::member(&store, &modules_blob, compression, false)?,
-            ])
+            ];
+            let (base, modules) = (
+                oci::read_layer_blob(&store, &base_blob)?,
+                oci::read_layer_blob(&store, &modules_blob)?,
+            );
+            let sizes = crate::products::sizes::of_layers(&[&base, &modules]);
+            crate::products::sizes::log(&sizes, members[0].data.len() as u64, members[1].data.len() as u64);
+            Ok(members)
         })
         .await?
     };

@@ -76,8 +76,10 @@ pub struct Kernel {
     /// Package providing the kernel, e.g. `linux-image-amd64` (a metapackage is resolved to
     /// the versioned package it depends on).
     pub package: String,
-    /// Module names (`virtio_blk`, `dm-verity`) or globs over module paths below
-    /// `kernel/` (`drivers/ata/*`). Dependencies and soft dependencies are added.
+    /// Module names (`virtio_blk`, `dm-verity`) or globs over module paths as modules.dep
+    /// writes them (`kernel/drivers/ata/*`, `kernel/drivers/ata/` for the subtree); with a
+    /// leading `!`, left out of what the others select. Dependencies and soft dependencies
+    /// are added, even of a module a `!` pattern names (see `stage::kernel::select`).
     pub modules: Vec<String>,
     /// Packages whose firmware files may be included when a selected module references them.
     pub firmware_packages: Vec<String>,
@@ -256,7 +258,7 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
 
     let k = raw.kernel;
     check_package(&k.package, "kernel.package", distro, &err_at)?;
-    if k.modules.get_ref().is_empty() {
+    if !k.modules.get_ref().iter().any(|m| !m.get_ref().starts_with('!')) {
         return Err(err_at(
             Some(k.modules.span()),
             Some("kernel.modules"),
@@ -265,12 +267,8 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
     }
     let mut modules = Vec::new();
     for m in k.modules.into_inner() {
-        if m.get_ref().is_empty() || glob::Pattern::new(m.get_ref()).is_err() {
-            return Err(err_at(
-                Some(m.span()),
-                Some("kernel.modules"),
-                format!("`{}` is not a module name or glob", m.get_ref()),
-            ));
+        if let Err(message) = crate::stage::kernel::select::check_pattern(m.get_ref()) {
+            return Err(err_at(Some(m.span()), Some("kernel.modules"), message));
         }
         modules.push(m.into_inner());
     }
@@ -447,6 +445,18 @@ modules = ["virtio_blk", "ext4"]
                 "no modules",
             ),
             (
+                GOOD.replace("[\"virtio_blk\", \"ext4\"]", "[\"!ext4\"]"),
+                13,
+                "kernel.modules",
+                "no modules",
+            ),
+            (
+                GOOD.replace("[\"virtio_blk\", \"ext4\"]", "[\"drivers/ata/*\"]"),
+                13,
+                "kernel.modules",
+                "must start with `kernel/`",
+            ),
+            (
                 GOOD.replace("[\"usr/share/doc\"]", "[\"../etc\"]"),
                 8,
                 "base.remove",
@@ -562,5 +572,10 @@ modules = ["virtio_blk", "ext4"]
         let set = LayerSet::load(&dir).unwrap();
         assert_eq!(set.name, "debian-trixie");
         assert!(set.base.packages.iter().any(|p| p == "systemd"));
+        // Both shipped sets' kernel.modules are in the pattern grammar (`!`, `kernel/…`).
+        let forky = LayerSet::load(&dir.with_file_name("debian-forky")).unwrap();
+        for k in [&set.kernel, &forky.kernel] {
+            assert!(k.modules.iter().any(|m| m.starts_with("!kernel/")), "{:?}", k.modules);
+        }
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod initrd;
 pub mod output;
+pub mod sizes;
 pub mod sysext;
 
 use std::path::Path;

@@ -88,6 +88,12 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
             builtin = selection.builtin.len(),
             "modules selected"
         );
+        if !selection.readded.is_empty() {
+            info!(
+                modules = ?selection.readded,
+                "modules left out by a `!` pattern are kept: selected modules depend on them"
+            );
+        }
         let list = selection.paths.join("\n") + "\n";
         put_file(
             ctx.engine,

@@ -1,11 +1,22 @@
 //! Kernel module selection, from the metadata depmod writes (pure; unit-tested).
 //!
-//! Patterns are module names (`virtio_blk`; `-` and `_` are the same) or globs over module
-//! paths below `kernel/` (`drivers/ata/*`). The selection is closed over `modules.dep`
-//! (hard dependencies), `modules.softdep` (pre: and post: soft dependencies) and
-//! `modules.weakdep`; soft and weak dependencies may name aliases (`crypto-crc32c`), which
-//! resolve through `modules.alias`. A name that is built into the kernel
-//! (`modules.builtin`) is satisfied without a file.
+//! A pattern is a module name (`virtio_blk`; `-` and `_` are the same) or a glob over module
+//! paths as `modules.dep` writes them, relative to `lib/modules/<version>/`
+//! (`kernel/drivers/ata/*`). `*` stays within one directory; `**` or a trailing `/` takes a
+//! whole subtree (`kernel/drivers/ata/` = `kernel/drivers/ata/**`). A glob may leave out the
+//! `.ko.xz` suffix. Paths are not taken relative to `kernel/`: the kernel tree has its own
+//! `kernel/kernel/` directory, so `kernel/…` would be ambiguous; the config rejects a glob that
+//! does not start with `kernel/`.
+//!
+//! A pattern that starts with `!` leaves out what it matches from what the positive patterns
+//! selected, whatever their order in the list. It acts before the dependency closure: a module
+//! that a selected module needs (`modules.dep`, soft and weak dependencies) is added back, since
+//! the selected one would not load without it; [`Selection::readded`] names those.
+//!
+//! The selection is closed over `modules.dep` (hard dependencies), `modules.softdep` (pre: and
+//! post: soft dependencies) and `modules.weakdep`; soft and weak dependencies may name aliases
+//! (`crypto-crc32c`), which resolve through `modules.alias`. A name that is built into the
+//! kernel (`modules.builtin`) is satisfied without a file.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,16 +52,88 @@ pub struct Selection {
     pub paths: Vec<String>,
     /// Requested names that are built into the kernel.
     pub builtin: Vec<String>,
+    /// Modules a `!` pattern left out that came back as a dependency of a selected module.
+    pub readded: Vec<String>,
 }
 
-/// A pattern that matched no module, built-in or not.
+/// Why a module selection failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "kernel {version}: module pattern `{pattern}` matches no module (neither a loadable module in modules.dep nor a built-in one in modules.builtin)"
-)]
-pub struct UnknownModule {
-    pub version: String,
-    pub pattern: String,
+#[non_exhaustive]
+pub enum SelectError {
+    /// A positive pattern that matched no module, built-in or not.
+    #[error(
+        "kernel {version}: module pattern `{pattern}` matches no module (neither a loadable module in modules.dep nor a built-in one in modules.builtin)"
+    )]
+    Unknown { version: String, pattern: String },
+    /// A `!` pattern that left out nothing the positive patterns selected.
+    #[error(
+        "kernel {version}: module pattern `!{pattern}` leaves out nothing: it matches none of the loadable modules the other patterns select (a built-in module cannot be left out); remove it or fix it"
+    )]
+    UnusedExclusion { version: String, pattern: String },
+}
+
+/// A parsed pattern: a module name or a path glob.
+enum Pattern {
+    Name(String),
+    Glob(glob::Pattern),
+}
+
+const GLOB_CHARS: [char; 4] = ['/', '*', '?', '['];
+const MATCH: glob::MatchOptions = glob::MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
+
+impl Pattern {
+    fn parse(pattern: &str) -> Option<Pattern> {
+        if !pattern.contains(GLOB_CHARS) {
+            return Some(Pattern::Name(module_name(pattern)));
+        }
+        let subtree;
+        let text = if pattern.ends_with('/') {
+            subtree = format!("{pattern}**");
+            &subtree
+        } else {
+            pattern
+        };
+        glob::Pattern::new(text).ok().map(Pattern::Glob)
+    }
+
+    /// Whether the module file at `path` (as in modules.dep) matches.
+    fn matches_path(&self, path: &str) -> bool {
+        match self {
+            Pattern::Name(name) => module_name(path) == *name,
+            Pattern::Glob(pat) => {
+                let without_ext = path.split(".ko").next().unwrap_or(path);
+                pat.matches_with(path, MATCH) || pat.matches_with(without_ext, MATCH)
+            }
+        }
+    }
+}
+
+/// Check the form of one `kernel.modules` entry, for the config: a name, or a glob that
+/// starts with `kernel/`, either one optionally after `!`. The message says how to fix it.
+pub fn check_pattern(pattern: &str) -> Result<(), String> {
+    let body = pattern.strip_prefix('!').unwrap_or(pattern);
+    if body.is_empty() || body.starts_with('!') {
+        return Err(format!(
+            "`{pattern}` is not a module name or glob (`name`, `kernel/dir/*`, `!kernel/dir/name`)"
+        ));
+    }
+    if !body.contains(GLOB_CHARS) {
+        return Ok(());
+    }
+    if !body.starts_with("kernel/") {
+        return Err(format!(
+            "module glob `{pattern}` must start with `kernel/`: globs match paths as modules.dep writes them, e.g. `kernel/{}`",
+            body.trim_start_matches('/')
+        ));
+    }
+    match Pattern::parse(body) {
+        Some(_) => Ok(()),
+        None => Err(format!("`{pattern}` is not a valid glob")),
+    }
 }
 
 /// `kernel/fs/ext4/ext4.ko.xz` → `ext4`; `dm-verity` → `dm_verity`.
@@ -97,41 +180,52 @@ impl ModuleIndex {
         idx
     }
 
-    /// Select modules for `patterns`, closed over hard and soft dependencies.
-    pub fn select(&self, version: &str, patterns: &[String]) -> Result<Selection, UnknownModule> {
+    /// Select modules for `patterns` (`!` ones leave out), closed over hard and soft
+    /// dependencies.
+    pub fn select(&self, version: &str, patterns: &[String]) -> Result<Selection, SelectError> {
         let mut roots: BTreeSet<String> = BTreeSet::new();
         let mut builtin = BTreeSet::new();
-        for pattern in patterns {
-            let is_glob = pattern.contains(['/', '*', '?', '[']);
+        let (negative, positive): (Vec<&String>, Vec<&String>) = patterns.iter().partition(|p| p.starts_with('!'));
+        for pattern in positive {
+            let unknown = || SelectError::Unknown {
+                version: version.into(),
+                pattern: pattern.clone(),
+            };
+            let pat = Pattern::parse(pattern).ok_or_else(unknown)?;
             let mut matched = false;
-            if is_glob {
-                let pat = glob::Pattern::new(pattern).map_err(|_| UnknownModule {
-                    version: version.into(),
-                    pattern: pattern.clone(),
-                })?;
-                for path in self.deps.keys() {
-                    let rel = path.strip_prefix("kernel/").unwrap_or(path);
-                    let without_ext = rel.split(".ko").next().unwrap_or(rel);
-                    if pat.matches(rel) || pat.matches(without_ext) {
-                        roots.insert(path.clone());
-                        matched = true;
-                    }
-                }
-            } else {
-                let name = module_name(pattern);
-                if let Some(path) = self.by_name.get(&name) {
-                    roots.insert(path.clone());
-                    matched = true;
-                } else if self.builtin.contains(&name) {
-                    builtin.insert(name);
-                    matched = true;
-                }
+            for path in self.deps.keys().filter(|p| pat.matches_path(p)) {
+                roots.insert(path.clone());
+                matched = true;
+            }
+            if let Pattern::Name(name) = &pat
+                && !matched
+                && self.builtin.contains(name)
+            {
+                builtin.insert(name.clone());
+                matched = true;
             }
             if !matched {
-                return Err(UnknownModule {
-                    version: version.into(),
-                    pattern: pattern.clone(),
-                });
+                return Err(unknown());
+            }
+        }
+        let mut excluded = BTreeSet::new();
+        for pattern in negative {
+            let text = &pattern[1..];
+            let unused = || SelectError::UnusedExclusion {
+                version: version.into(),
+                pattern: text.to_string(),
+            };
+            let pat = Pattern::parse(text).ok_or_else(unused)?;
+            let before = roots.len();
+            roots.retain(|path| {
+                let hit = pat.matches_path(path);
+                if hit {
+                    excluded.insert(path.clone());
+                }
+                !hit
+            });
+            if roots.len() == before && !excluded.iter().any(|p| pat.matches_path(p)) {
+                return Err(unused());
             }
         }
         let mut selected = BTreeSet::new();
@@ -155,6 +249,7 @@ impl ModuleIndex {
             }
         }
         Ok(Selection {
+            readded: excluded.intersection(&selected).cloned().collect(),
             paths: selected.into_iter().collect(),
             builtin: builtin.into_iter().collect(),
         })
@@ -176,6 +271,11 @@ kernel/drivers/md/dm-bufio.ko.xz:
 kernel/drivers/md/dm-mod.ko.xz:
 kernel/drivers/ata/ahci.ko.xz: kernel/drivers/ata/libahci.ko.xz
 kernel/drivers/ata/libahci.ko.xz:
+kernel/drivers/ata/pata_legacy.ko.xz:
+kernel/drivers/ata/pata_acpi.ko.xz:
+kernel/drivers/scsi/sd_mod.ko.xz:
+kernel/drivers/scsi/mpt3sas/mpt3sas.ko.xz: kernel/drivers/scsi/raid_class.ko.xz
+kernel/drivers/scsi/raid_class.ko.xz:
 kernel/crypto/crc32c_generic.ko.xz:
 kernel/drivers/unrelated.ko.xz:
 ";
@@ -183,7 +283,7 @@ kernel/drivers/unrelated.ko.xz:
     const SOFTDEP: &str = "# Soft dependencies\nsoftdep ext4 pre: crypto-crc32c post: \nsoftdep jbd2 pre: crc32c\n";
     const ALIAS: &str = "alias crypto-crc32c crc32c_generic\nalias pci:v00001AF4d00001001sv*sd*bc*sc*i* virtio_blk\n";
 
-    fn sel(patterns: &[&str]) -> Result<Selection, UnknownModule> {
+    fn sel(patterns: &[&str]) -> Result<Selection, SelectError> {
         let idx = ModuleIndex::parse(Metadata {
             dep: DEP,
             builtin: BUILTIN,
@@ -216,11 +316,123 @@ kernel/drivers/unrelated.ko.xz:
     }
 
     #[test]
-    fn globs_match_paths_below_kernel() {
-        let s = sel(&["drivers/ata/*"]).unwrap();
+    fn globs_match_module_paths_within_one_directory() {
+        let s = sel(&["kernel/drivers/ata/*"]).unwrap();
+        assert_eq!(
+            s.paths,
+            [
+                "kernel/drivers/ata/ahci.ko.xz",
+                "kernel/drivers/ata/libahci.ko.xz",
+                "kernel/drivers/ata/pata_acpi.ko.xz",
+                "kernel/drivers/ata/pata_legacy.ko.xz",
+            ]
+        );
+        // `*` does not cross a `/`: mpt3sas is one directory further down.
+        let s = sel(&["kernel/drivers/scsi/*"]).unwrap();
+        assert_eq!(
+            s.paths,
+            [
+                "kernel/drivers/scsi/raid_class.ko.xz",
+                "kernel/drivers/scsi/sd_mod.ko.xz"
+            ]
+        );
+        // Without `kernel/`, a glob matches nothing (the config says how to write it).
+        assert!(matches!(sel(&["drivers/ata/*"]), Err(SelectError::Unknown { .. })));
+    }
+
+    #[test]
+    fn trailing_slash_and_double_star_take_a_subtree() {
+        let expected = [
+            "kernel/drivers/scsi/mpt3sas/mpt3sas.ko.xz",
+            "kernel/drivers/scsi/raid_class.ko.xz",
+            "kernel/drivers/scsi/sd_mod.ko.xz",
+        ];
+        assert_eq!(sel(&["kernel/drivers/scsi/"]).unwrap().paths, expected);
+        assert_eq!(sel(&["kernel/drivers/scsi/**"]).unwrap().paths, expected);
+    }
+
+    #[test]
+    fn negative_patterns_leave_out_what_positives_selected() {
+        // Globs with or without the suffix, and names; their place in the list does not matter.
+        for neg in ["!kernel/drivers/ata/pata_*", "!kernel/drivers/ata/pata_*.ko.xz"] {
+            let s = sel(&[neg, "kernel/drivers/ata/"]).unwrap();
+            assert_eq!(
+                s.paths,
+                ["kernel/drivers/ata/ahci.ko.xz", "kernel/drivers/ata/libahci.ko.xz"]
+            );
+            assert!(s.readded.is_empty());
+        }
+        let s = sel(&["kernel/drivers/ata/", "!pata-legacy"]).unwrap();
+        assert!(!s.paths.iter().any(|p| p.contains("pata_legacy")));
+        assert!(s.paths.iter().any(|p| p.contains("pata_acpi")));
+    }
+
+    #[test]
+    fn negative_patterns_do_not_remove_dependencies() {
+        // libahci is left out as a root but ahci needs it: it comes back, and is reported.
+        let s = sel(&[
+            "kernel/drivers/ata/",
+            "!kernel/drivers/ata/lib*",
+            "!kernel/drivers/ata/pata_*",
+        ])
+        .unwrap();
         assert_eq!(
             s.paths,
             ["kernel/drivers/ata/ahci.ko.xz", "kernel/drivers/ata/libahci.ko.xz"]
+        );
+        assert_eq!(s.readded, ["kernel/drivers/ata/libahci.ko.xz"]);
+        let s = sel(&["kernel/drivers/scsi/", "!raid_class"]).unwrap();
+        assert_eq!(s.readded, ["kernel/drivers/scsi/raid_class.ko.xz"]);
+    }
+
+    #[test]
+    fn negative_pattern_that_leaves_out_nothing_is_an_error() {
+        // Matches no module at all.
+        let e = sel(&["kernel/drivers/ata/", "!kernel/drivers/ata/pata_nothing*"]).unwrap_err();
+        assert_eq!(
+            e,
+            SelectError::UnusedExclusion {
+                version: "6.12.0-test".into(),
+                pattern: "kernel/drivers/ata/pata_nothing*".into()
+            }
+        );
+        assert!(e.to_string().contains("`!kernel/drivers/ata/pata_nothing*`"));
+        // Matches a module, but not one the positive patterns selected.
+        assert!(matches!(
+            sel(&["ext4", "!kernel/drivers/ata/pata_legacy"]),
+            Err(SelectError::UnusedExclusion { .. })
+        ));
+        // A built-in module cannot be left out.
+        assert!(matches!(
+            sel(&["virtio_pci", "ext4", "!virtio_pci"]),
+            Err(SelectError::UnusedExclusion { .. })
+        ));
+        // Two exclusions overlapping are both in use.
+        assert!(sel(&["kernel/drivers/ata/", "!pata_legacy", "!kernel/drivers/ata/pata_*"]).is_ok());
+    }
+
+    #[test]
+    fn pattern_forms_are_checked_with_a_fix() {
+        for good in [
+            "ext4",
+            "dm-verity",
+            "!pata_legacy",
+            "kernel/drivers/ata/",
+            "!kernel/drivers/ata/pata_*",
+        ] {
+            assert_eq!(check_pattern(good), Ok(()), "{good}");
+        }
+        let e = check_pattern("drivers/ata/*").unwrap_err();
+        assert!(
+            e.contains("must start with `kernel/`") && e.contains("`kernel/drivers/ata/*`"),
+            "{e}"
+        );
+        assert!(check_pattern("!").is_err());
+        assert!(check_pattern("!!ext4").is_err());
+        assert!(
+            check_pattern("kernel/drivers/[ata")
+                .unwrap_err()
+                .contains("not a valid glob")
         );
     }
 
@@ -234,8 +446,8 @@ kernel/drivers/unrelated.ko.xz:
     #[test]
     fn unknown_module_is_named() {
         let e = sel(&["ext4", "no_such_mod"]).unwrap_err();
-        assert_eq!(e.pattern, "no_such_mod");
+        assert!(matches!(&e, SelectError::Unknown { pattern, .. } if pattern == "no_such_mod"));
         assert!(e.to_string().contains("6.12.0-test"));
-        assert!(sel(&["drivers/nothing/*"]).is_err());
+        assert!(sel(&["kernel/drivers/nothing/*"]).is_err());
     }
 }
