@@ -70,6 +70,9 @@ pub fn install() -> std::io::Result<CancellationToken> {
                     _ = term.recv() => {}
                 }
                 tracing::warn!("interrupted: stopping (containers are removed, temporary files deleted)");
+                // First: nothing is put in place from here on, even work that finishes
+                // within the grace period.
+                crate::store::atomic::stop();
                 cancel.cancel();
                 tokio::select! {
                     _ = tokio::time::sleep(GRACE) => {}

@@ -30,6 +30,16 @@ fn in_flight(f: impl FnOnce(&mut HashSet<PathBuf>)) {
     f(guard.get_or_insert_with(HashSet::new));
 }
 
+/// Mark the process interrupted, at the signal: from now on no temporary file is renamed
+/// into place and no directory is kept ([`Error::Interrupted`] instead), so what a build
+/// finishes during the grace period before [`interrupt`] is not put in place.
+pub fn stop() {
+    // Under the directories' lock: a `keep_dir` running now either finished before this
+    // (the directory is kept) or sees the flag.
+    let _dirs = DIRS_IN_FLIGHT.lock().unwrap_or_else(|p| p.into_inner());
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
 /// Mark the process interrupted and remove every temporary file and directory in flight.
 /// Returns how many were removed. Writers that finish later see [`Error::Interrupted`]
 /// instead of renaming.
