@@ -62,21 +62,26 @@ fn cpio_list(member: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// Boot the shared build's kernel and initrd with the real root's disk and `append`.
+fn boot_real_root(append: &str) -> real_root::Booted {
+    require_tools(&["podman", "qemu-system-x86_64", "mke2fs", "sfdisk", "tar"]);
+    let disk = real_root::real_root_disk();
+    let b = built();
+    real_root::boot_root(
+        &product_file(&b.out, "kernel"),
+        &product_file(&b.out, "initrd"),
+        &[&disk],
+        append,
+        Duration::from_secs(480),
+    )
+}
+
 #[test]
 #[ignore = "e2e: needs podman, the Debian mirror, qemu-system-x86_64, mke2fs, sfdisk (run with --include-ignored; ci/test.sh does)"]
 fn default_set_boots_a_real_debian_root_by_uuid() {
     let _s = serial();
-    require_tools(&["podman", "qemu-system-x86_64", "mke2fs", "sfdisk", "tar"]);
-    let disk = real_root::real_root_disk();
-    let b = built();
     let append = real_root::cmdline(&format!("root=UUID={}", real_root::ROOT_UUID), "ro");
-    let booted = real_root::boot_root(
-        &product_file(&b.out, "kernel"),
-        &product_file(&b.out, "initrd"),
-        &[&disk],
-        &append,
-        Duration::from_secs(480),
-    );
+    let booted = boot_real_root(&append);
     let console = &booted.console;
     let in_initrd = console
         .find("systemd[1]: Running in initrd.")
@@ -117,17 +122,8 @@ fn default_set_boots_a_real_debian_root_by_uuid() {
 #[ignore = "e2e: needs podman, the Debian mirror, qemu-system-x86_64, mke2fs, sfdisk (run with --include-ignored; ci/test.sh does)"]
 fn default_set_boots_the_real_root_by_partuuid() {
     let _s = serial();
-    require_tools(&["podman", "qemu-system-x86_64", "mke2fs", "sfdisk", "tar"]);
-    let disk = real_root::real_root_disk();
-    let b = built();
     let append = real_root::cmdline(&format!("root=PARTUUID={}", real_root::ROOT_PARTUUID), "ro");
-    let booted = real_root::boot_root(
-        &product_file(&b.out, "kernel"),
-        &product_file(&b.out, "initrd"),
-        &[&disk],
-        &append,
-        Duration::from_secs(480),
-    );
+    let booted = boot_real_root(&append);
     let m = booted
         .marker
         .unwrap_or_else(|| panic!("the real root's marker never came:\n{}", tail(&booted.console)));
@@ -140,22 +136,13 @@ fn default_set_boots_the_real_root_by_partuuid() {
 #[ignore = "e2e: needs podman, the Debian mirror, qemu-system-x86_64, mke2fs, sfdisk (run with --include-ignored; ci/test.sh does)"]
 fn real_root_by_label_rw_reports_a_failed_unit() {
     let _s = serial();
-    require_tools(&["podman", "qemu-system-x86_64", "mke2fs", "sfdisk", "tar"]);
-    let disk = real_root::real_root_disk();
-    let b = built();
     // A unit of the root that fails, asked for on the command line: the marker must see it,
     // or its `failed=0` in the test above would prove nothing.
     let append = real_root::cmdline(
         &format!("root=LABEL={}", real_root::ROOT_LABEL),
         &format!("rw systemd.wants={}", real_root::FAIL_UNIT),
     );
-    let booted = real_root::boot_root(
-        &product_file(&b.out, "kernel"),
-        &product_file(&b.out, "initrd"),
-        &[&disk],
-        &append,
-        Duration::from_secs(480),
-    );
+    let booted = boot_real_root(&append);
     let m = booted
         .marker
         .unwrap_or_else(|| panic!("the real root's marker never came:\n{}", tail(&booted.console)));

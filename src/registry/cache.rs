@@ -23,7 +23,7 @@
 //!   `--cache-key`/`--cache-cert` (by default `--key`/`--cert`). A failed push fails the
 //!   build: the user asked for the cache to be filled.
 
-mod signature;
+pub(crate) mod signature;
 
 use std::path::PathBuf;
 
@@ -218,20 +218,6 @@ impl RemoteCache {
             .with_context(|| format!("pushing the signature of the {kind} layer to {remote}.sig"))?;
         Ok(())
     }
-}
-
-/// Sign the entry of `kind` with `key` whose manifest is `layer`, pushed to `repo` under
-/// its cache tag, and push the signature beside it (for `strata push`).
-pub async fn sign_entry(
-    client: &Client,
-    store: &Store,
-    repo: &Reference,
-    kind: &str,
-    key: &Digest,
-    layer: &Descriptor,
-    signer: &Signer,
-) -> Result<()> {
-    signature::push(client, store, repo, kind, key, layer, signer).await
 }
 
 /// Look the layer up, check its manifest and signature, pull it as `staging` and check

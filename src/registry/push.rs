@@ -245,7 +245,7 @@ pub async fn run(opts: &Options) -> Result<Summary> {
             .await
             .with_context(|| format!("pushing the {} layer to {remote}", layer.kind))?;
         match &signer {
-            Some(signer) => remote_cache::sign_entry(
+            Some(signer) => remote_cache::signature::push(
                 &client,
                 &store,
                 &reference,
