@@ -32,6 +32,8 @@ struct KeyInput<'a, T: Serialize> {
 struct BaseKey<'a> {
     packages: &'a [String],
     remove: &'a [String],
+    /// strata's own files in the base layer.
+    strata_files: String,
 }
 
 fn key<T: Serialize>(kind: &'static str, set: &LayerSet, builder: &str, epoch: Option<u64>, layer: &T) -> Digest {
@@ -54,7 +56,18 @@ pub fn base_key(set: &LayerSet, builder: &str, epoch: Option<u64>) -> Digest {
         remove,
         compression: _,
     } = &set.base;
-    key("base", set, builder, epoch, &BaseKey { packages, remove })
+    let strata_files = crate::stage::requeue::fingerprint().to_string();
+    key(
+        "base",
+        set,
+        builder,
+        epoch,
+        &BaseKey {
+            packages,
+            remove,
+            strata_files,
+        },
+    )
 }
 
 /// The kernel + modules layer's key.

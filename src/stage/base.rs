@@ -211,6 +211,12 @@ pub fn finalize(
             epoch,
         ));
     }
+    // systemd < 258 merges extensions after the generators ran and the boot's jobs were
+    // queued: strata's unit starts what the merge added (see `requeue`).
+    let native = layer_has(&entries, super::requeue::NATIVE_UNIT);
+    if !native {
+        entries.extend(super::requeue::entries(epoch));
+    }
     entries.push(Entry::symlink("init", "usr/lib/systemd/systemd", epoch));
     entries.push(Entry::file(
         "etc/initrd-release",
@@ -221,6 +227,10 @@ pub fn finalize(
     let mut layer = Layer::from_entries(entries)?;
     layer.clamp_mtimes(epoch);
     Ok((layer, versions))
+}
+
+fn layer_has(entries: &[Entry], path: &str) -> bool {
+    entries.iter().any(|e| e.path == path)
 }
 
 #[cfg(test)]
@@ -305,11 +315,44 @@ mod tests {
                 .is_none(),
             "not shipped, not enabled"
         );
+        // systemd 257: strata's unit starts what the merge adds, with systemd-sysext.
+        let link = layer
+            .get("etc/systemd/system/systemd-sysext.service.wants/strata-sysext-requeue.service")
+            .expect("the requeue unit is started with systemd-sysext");
+        assert_eq!(
+            link.kind,
+            EntryKind::Symlink {
+                target: "/usr/lib/systemd/system/strata-sysext-requeue.service".into()
+            }
+        );
+        assert_eq!(layer.get("usr/lib/strata/sysext-requeue").unwrap().mode & 0o777, 0o755);
         let EntryKind::File { data } = &layer.get("etc/initrd-release").unwrap().kind else {
             panic!()
         };
         assert!(String::from_utf8_lossy(data).contains("VARIANT_ID=initrd"));
         assert!(layer.entries().iter().all(|e| e.mtime <= 1_000));
+    }
+
+    #[test]
+    fn systemd_with_its_own_initrd_merge_gets_no_requeue_unit() {
+        let mut entries = root().into_entries();
+        entries.push(Entry::file(super::super::requeue::NATIVE_UNIT, "[Unit]", 0o644, 1));
+        let (layer, _) = finalize(
+            Layer::from_entries(entries).unwrap(),
+            &installed(),
+            &crate::distro::debian::Debian,
+            &["systemd".into()],
+            &[],
+            1_000,
+        )
+        .unwrap();
+        assert!(
+            layer
+                .entries()
+                .iter()
+                .all(|e| !e.path.contains("strata-sysext-requeue") && !e.path.starts_with("usr/lib/strata")),
+            "systemd >= 258 orders its own merge before cryptsetup-pre.target"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub(crate) mod builder;
 pub(crate) mod erofs;
 pub(crate) mod extension;
 pub(crate) mod kernel;
+pub(crate) mod requeue;
 
 use anyhow::{Context as _, Result};
 

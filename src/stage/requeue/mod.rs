@@ -1,0 +1,35 @@
+//! strata's own files in initrds whose systemd merges extensions late (systemd < 258):
+//! a unit that starts what the merged extensions added (generator units, udev rules) on the
+//! boot already under way. The texts say why; `docs/sysext-initrd.md` has the measurements.
+
+use strata_format::layer::Entry;
+
+use crate::digest::Digest;
+
+/// systemd ≥ 258 merges in the initrd with this unit, early enough for generators and udev.
+pub(crate) const NATIVE_UNIT: &str = "usr/lib/systemd/system/systemd-sysext-initrd.service";
+
+const UNIT: &str = "strata-sysext-requeue.service";
+const UNIT_TEXT: &str = include_str!("strata-sysext-requeue.service");
+const SCRIPT: &str = "usr/lib/strata/sysext-requeue";
+const SCRIPT_TEXT: &str = include_str!("sysext-requeue");
+
+/// The entries added to a base layer whose systemd lacks [`NATIVE_UNIT`]: the unit, its
+/// script, and the link that starts it with `systemd-sysext.service`.
+pub(crate) fn entries(epoch: u64) -> Vec<Entry> {
+    vec![
+        Entry::file(&format!("usr/lib/systemd/system/{UNIT}"), UNIT_TEXT, 0o644, epoch),
+        Entry::file(SCRIPT, SCRIPT_TEXT, 0o755, epoch),
+        Entry::symlink(
+            &format!("etc/systemd/system/systemd-sysext.service.wants/{UNIT}"),
+            &format!("/usr/lib/systemd/system/{UNIT}"),
+            epoch,
+        ),
+    ]
+}
+
+/// A digest of these files, part of the base layer's cache key: a strata that ships other
+/// texts builds the base layer again.
+pub(crate) fn fingerprint() -> Digest {
+    Digest::of(format!("{UNIT}\0{UNIT_TEXT}\0{SCRIPT}\0{SCRIPT_TEXT}").as_bytes())
+}
