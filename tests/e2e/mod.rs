@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::support;
 
+pub mod boot;
 pub mod real_root;
+pub mod storage;
 
 pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 

@@ -11,7 +11,6 @@
 //! ci/lib.sh's), written atomically, and made again only when the recipe or the base image
 //! changes (the outdated disk is then removed). Boots open it with `snapshot=on`: the cached image is never written.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -332,52 +331,5 @@ pub fn cmdline(root: &str, extra: &str) -> String {
 /// line, until the root's marker is printed and the machine powers off, or `limit` passes (then
 /// qemu is killed). Returns the console.
 pub fn boot_root(kernel: &Path, initrd: &Path, disks: &[&Path], append: &str, limit: Duration) -> Booted {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-m", "1024", "-nographic", "-no-reboot", "-kernel"])
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd);
-    for disk in disks {
-        cmd.arg("-drive")
-            .arg(format!("file={},if=virtio,format=raw,snapshot=on", disk.display()));
-    }
-    cmd.args(["-append", append]);
-    eprintln!("booting with: {append}");
-    let start = Instant::now();
-    let mut qemu = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
-    // A watchdog: qemu is killed after the limit even if the console stays silent.
-    let (done, stop) = std::sync::mpsc::channel::<()>();
-    let pid = nix::unistd::Pid::from_raw(qemu.id() as i32);
-    let watchdog = std::thread::spawn(move || {
-        if stop.recv_timeout(limit).is_err() {
-            eprintln!("qemu ran past {limit:?}; killing it");
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-    });
-    let mut console = String::new();
-    let mut to_marker = None;
-    for line in BufReader::new(qemu.stdout.take().unwrap()).split(b'\n') {
-        let Ok(line) = line else { break };
-        let line = String::from_utf8_lossy(&line).into_owned();
-        if to_marker.is_none() && line.contains(&format!("{MARKER} uptime=")) {
-            to_marker = Some(start.elapsed());
-        }
-        console.push_str(&line);
-        console.push('\n');
-    }
-    let status = qemu.wait().unwrap();
-    let _ = done.send(());
-    watchdog.join().unwrap();
-    eprintln!(
-        "qemu exited {status} after {:.1?}; marker after {to_marker:.1?}",
-        start.elapsed()
-    );
-    Booted {
-        marker: RootMarker::find(&console),
-        analyze: console
-            .lines()
-            .find_map(|l| l.split_once("STRATA-ANALYZE ").map(|(_, a)| a.to_string())),
-        console,
-        to_marker,
-    }
+    super::boot::boot(kernel, initrd, disks, append, limit, &super::boot::Extra::default())
 }
