@@ -79,6 +79,43 @@ fn xfs_and_btrfs_disks_carry_the_labels_the_command_lines_name() {
 }
 
 #[test]
+#[ignore = "e2e: needs podman, the Debian mirror, sfdisk (run with --include-ignored; ci/test.sh does)"]
+fn btrfs_disk_holds_the_root_only_in_subvolume_at() {
+    let _s = serial();
+    require_tools(DISK_TOOLS);
+    let disk = disks::btrfs_root();
+    // The root tree names one subvolume, @ (id 256), under the top level (id 5)…
+    let roots = disks::btrfs_dump_tree(&disk, "root");
+    let refs: Vec<&str> = roots.lines().filter(|l| l.contains("root ref key")).collect();
+    assert_eq!(refs.len(), 1, "subvolumes: {refs:?}");
+    assert!(
+        refs[0].trim().ends_with(&format!("name {}", disks::BTRFS_SUBVOL)),
+        "{refs:?}"
+    );
+    // …the top level holds nothing but @, so only `rootflags=subvol=@` finds the OS…
+    let names = |dump: &str| -> Vec<String> {
+        let mut v: Vec<String> = dump
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("name: "))
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    assert_eq!(
+        names(&disks::btrfs_dump_tree(&disk, "5")),
+        [disks::BTRFS_SUBVOL],
+        "the top level"
+    );
+    // …and @ holds the real root.
+    let root = names(&disks::btrfs_dump_tree(&disk, "256"));
+    for entry in ["etc", "usr", "os-release", "fstab", "strata-marker"] {
+        assert!(root.iter().any(|n| n == entry), "no {entry} in @: {root:?}");
+    }
+}
+
+#[test]
 #[ignore = "e2e: needs podman, the Debian mirror, sfdisk, blkid, cryptsetup (run with --include-ignored; ci/test.sh does)"]
 fn luks_disk_has_one_pbkdf2_slot_that_the_passphrase_opens() {
     let _s = serial();
@@ -142,8 +179,11 @@ fn plain_build() -> &'static PathBuf {
     })
 }
 
+const BOOT_TOOLS: &[&str] = &["podman", "qemu-system-x86_64", "tar", "sfdisk", "blkid"];
+
+/// Boot the plain build's kernel and initrd with `disk` and `append`; the root's marker,
+/// checked for systemd as PID 1 and no failed unit.
 fn boot_disk(disk: &Path, append: &str) -> real_root::RootMarker {
-    require_tools(&["podman", "qemu-system-x86_64", "tar", "sfdisk", "blkid"]);
     let out = plain_build();
     let booted = real_root::boot_root(
         &product_file(out, "kernel"),
@@ -177,6 +217,7 @@ fn boot_disk(disk: &Path, append: &str) -> real_root::RootMarker {
 #[ignore = "e2e: needs podman, the Debian mirror, qemu-system-x86_64, sfdisk, blkid (run with --include-ignored; ci/test.sh does)"]
 fn xfs_root_by_label_boots() {
     let _s = serial();
+    require_tools(BOOT_TOOLS);
     let disk = disks::xfs_root();
     let m = boot_disk(
         &disk.image,
@@ -195,6 +236,7 @@ fn xfs_root_by_label_boots() {
 #[ignore = "e2e: needs podman, the Debian mirror, qemu-system-x86_64, sfdisk, blkid (run with --include-ignored; ci/test.sh does)"]
 fn btrfs_root_in_a_subvolume_boots() {
     let _s = serial();
+    require_tools(BOOT_TOOLS);
     let disk = disks::btrfs_root();
     let m = boot_disk(
         &disk.image,

@@ -114,8 +114,8 @@ fn tools_image() -> &'static (PathBuf, String) {
 }
 
 /// Run `script` (`sh -eu`) in the tools container with `work` at `/w` (the working directory),
-/// as root and without network.
-fn in_tools(work: &Path, what: &str, script: &str) {
+/// as root and without network; returns its output.
+fn in_tools(work: &Path, what: &str, script: &str) -> String {
     let (podman, tag) = tools_image();
     let volume = format!("{}:/w", work.display());
     let (ok, out) = podman_out(
@@ -136,6 +136,7 @@ fn in_tools(work: &Path, what: &str, script: &str) {
         ],
     );
     assert!(ok, "{what} failed:\n{out}");
+    out
 }
 
 /// `systemd-repart --offline=yes` of `work/disk.img` from one partition definition, files
@@ -250,6 +251,26 @@ pub fn btrfs_root() -> RootDisk {
     );
     let fstab = format!("LABEL={BTRFS_LABEL} / btrfs subvol={BTRFS_SUBVOL} 0 0\n");
     root_disk("btrfs", "btrfs", BTRFS_LABEL, BTRFS_PARTUUID, &definition, &fstab)
+}
+
+/// `btrfs inspect-internal dump-tree -t TREE` of the btrfs partition of `disk` (trixie's
+/// btrfs-progs, on a copy of the partition).
+pub fn btrfs_dump_tree(disk: &RootDisk, tree: &str) -> String {
+    let (offset, size) = partition(&disk.image);
+    let work = tempfile::tempdir().unwrap();
+    std::fs::hard_link(&disk.image, work.path().join("disk.img"))
+        .or_else(|_| std::fs::copy(&disk.image, work.path().join("disk.img")).map(drop))
+        .unwrap();
+    in_tools(
+        work.path(),
+        "btrfs inspect-internal dump-tree",
+        &format!(
+            "dd if=disk.img of=/tmp/part bs=1M skip={} count={} conv=sparse status=none\n\
+             btrfs inspect-internal dump-tree -t {tree} /tmp/part\n",
+            offset >> 20,
+            size >> 20
+        ),
+    )
 }
 
 /// [`PASSPHRASE`] in `$STRATA_CI_CACHE/roots/luks.key`, mode 0600 (repart and
