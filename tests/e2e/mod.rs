@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::support;
 
 pub mod boot;
+pub mod disks;
 pub mod real_root;
 pub mod storage;
 

@@ -4,12 +4,14 @@
 //! (how the root was mounted, PID 1's name, `systemctl --failed`) to the console, and powers
 //! off.
 //!
-//! The disk is made without loop devices or device-mapper: `podman export` of the root
-//! image, `mke2fs -d` of the unpacked tree into a file, `sfdisk` on the disk file and `dd` of
-//! the filesystem at its partition's offset. It is cached at
-//! `$STRATA_CI_CACHE/roots/<digest of the recipe>.img` (default `/var/cache/strata-ci`,
-//! ci/lib.sh's), written atomically, and made again only when the recipe or the base image
-//! changes (the outdated disk is then removed). Boots open it with `snapshot=on`: the cached image is never written.
+//! The tree is `podman export` of the root image, cached as a tar
+//! (`$STRATA_CI_CACHE/roots/trixie-tree-<digest of the recipe>.tar`, default
+//! `/var/cache/strata-ci`, ci/lib.sh's) and shared with the disks of [`super::disks`] (xfs,
+//! btrfs, LUKS2), each of which writes its own `/etc/fstab`. The ext4 disk is made without loop
+//! devices or device-mapper: `mke2fs -d` of the unpacked tree into a file, `sfdisk` on the disk
+//! file and `dd` of the filesystem at its partition's offset. Every cached file is written
+//! atomically and made again only when its recipe or the base image changes (the outdated one
+//! is then removed). Boots open disks with `snapshot=on`: the cached images are never written.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -45,7 +47,6 @@ RUN apt-get update \\
 COPY strata-marker /usr/local/sbin/strata-marker
 COPY strata-marker.service /etc/systemd/system/strata-marker.service
 COPY strata-fail.service /etc/systemd/system/strata-fail.service
-COPY fstab /etc/fstab
 RUN chmod 0755 /usr/local/sbin/strata-marker \\
  && systemctl enable strata-marker.service \\
  && systemctl mask serial-getty@ttyS0.service \\
@@ -97,9 +98,66 @@ fn fstab() -> String {
     format!("UUID={ROOT_UUID} / ext4 defaults 0 1\n")
 }
 
-/// The cached real root disk (a raw GPT image), made on first use. Panics, naming what is
-/// missing, when podman, the base image, the mirror or a tool fails.
-pub fn real_root_disk() -> PathBuf {
+/// `$STRATA_CI_CACHE/roots` (default `/var/cache/strata-ci/roots`), where the real root's tree
+/// and the disks made from it are cached.
+pub fn roots_cache() -> PathBuf {
+    let cache =
+        std::env::var_os("STRATA_CI_CACHE").map_or_else(|| PathBuf::from("/var/cache/strata-ci"), PathBuf::from);
+    let roots = cache.join("roots");
+    std::fs::create_dir_all(&roots).unwrap_or_else(|e| panic!("creating {}: {e}", roots.display()));
+    roots
+}
+
+/// A short hex digest of a recipe's parts (each length-prefixed, so no two recipes collide by
+/// concatenation).
+pub fn recipe_digest(parts: &[&str]) -> String {
+    let mut recipe = Sha256::new();
+    for part in parts {
+        recipe.update((part.len() as u64).to_le_bytes());
+        recipe.update(part);
+    }
+    recipe.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The cached file `<roots>/<prefix><digest><suffix>`, made on first use by `make` (given a
+/// fresh work directory in the cache, it returns the path of the finished file there, which is
+/// renamed into place). Older files of the same prefix and suffix (outdated recipes) are
+/// removed.
+pub fn cached(prefix: &str, digest: &str, suffix: &str, make: impl FnOnce(&Path) -> PathBuf) -> PathBuf {
+    let roots = roots_cache();
+    let file = roots.join(format!("{prefix}{digest}{suffix}"));
+    if file.is_file() {
+        eprintln!("cached: {}", file.display());
+        return file;
+    }
+    let start = Instant::now();
+    let work = tempfile::Builder::new()
+        .prefix("strata-make-")
+        .tempdir_in(&roots)
+        .unwrap();
+    let made = make(work.path());
+    std::fs::rename(&made, &file).unwrap();
+    for e in std::fs::read_dir(&roots).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix) && name.ends_with(suffix) && e.path() != file {
+            eprintln!("removing the outdated {name}");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let size = std::fs::metadata(&file).unwrap().len();
+    eprintln!(
+        "made {} ({} MiB) in {:.1?}",
+        file.display(),
+        size >> 20,
+        start.elapsed()
+    );
+    file
+}
+
+/// The real root's tree as a tar (`podman export` of the root image, owners numeric), cached
+/// by a digest of the base image and the recipe. It has no `/etc/fstab`: each disk made from it
+/// writes the one that matches its root ([`unpack_tree`]).
+pub fn root_tar() -> PathBuf {
     let podman = support::podman();
     assert!(
         podman_out(&podman, &["image", "exists", BASE_IMAGE]).0,
@@ -107,97 +165,104 @@ pub fn real_root_disk() -> PathBuf {
     );
     let (ok, base_id) = podman_out(&podman, &["image", "inspect", "--format", "{{.Id}}", BASE_IMAGE]);
     assert!(ok, "podman image inspect {BASE_IMAGE}: {base_id}");
-    let mut recipe = Sha256::new();
-    for part in [
-        "strata real root v2",
+    let digest = recipe_digest(&[
+        "strata real root tree v1",
         base_id.trim(),
         CONTAINERFILE,
         MARKER_SCRIPT,
         MARKER_UNIT,
         FAIL_UNIT_TEXT,
+    ]);
+    cached("trixie-tree-", &digest, ".tar", |work| {
+        export_tar(&podman, &digest, work)
+    })
+}
+
+/// Unpack [`root_tar`] (as root, owners kept) into `dir/tree` with `fstab` as its
+/// `/etc/fstab`; returns the tree.
+pub fn unpack_tree(dir: &Path, fstab: &str) -> PathBuf {
+    let tar = root_tar();
+    let tree = dir.join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    run(
+        Command::new("tar")
+            .args(["--numeric-owner", "--same-permissions", "-xf"])
+            .arg(&tar)
+            .arg("-C")
+            .arg(&tree),
+        "unpacking the real root",
+    );
+    // podman leaves its own files in an image; a booted system has them from elsewhere.
+    for f in ["run/.containerenv", "etc/resolv.conf"] {
+        let _ = std::fs::remove_file(tree.join(f));
+    }
+    std::fs::write(tree.join("etc/fstab"), fstab).unwrap();
+    tree
+}
+
+/// The cached real root disk (a raw GPT image), made on first use. Panics, naming what is
+/// missing, when podman, the base image, the mirror or a tool fails.
+pub fn real_root_disk() -> PathBuf {
+    let tar = root_tar();
+    let digest = recipe_digest(&[
+        "strata real root ext4 disk v1",
+        &tar.file_name().unwrap().to_string_lossy(),
         &fstab(),
         ROOT_UUID,
         ROOT_LABEL,
         ROOT_PARTUUID,
         DISK_GUID,
         &FS_MIB.to_string(),
-    ] {
-        recipe.update((part.len() as u64).to_le_bytes());
-        recipe.update(part);
-    }
-    let digest: String = recipe.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect();
-    let cache =
-        std::env::var_os("STRATA_CI_CACHE").map_or_else(|| PathBuf::from("/var/cache/strata-ci"), PathBuf::from);
-    let roots = cache.join("roots");
-    let img = roots.join(format!("trixie-ext4-{digest}.img"));
-    if img.is_file() {
-        eprintln!("real root: cached {}", img.display());
-        return img;
-    }
-    std::fs::create_dir_all(&roots).unwrap_or_else(|e| panic!("creating {}: {e}", roots.display()));
-    let start = Instant::now();
-    let work = tempfile::Builder::new()
-        .prefix("strata-root-")
-        .tempdir_in(&roots)
-        .unwrap();
-    let tree = build_tree(&podman, &digest, work.path());
-    let fs = work.path().join("root.ext4");
-    run(
-        Command::new(support::tool("mke2fs"))
-            .args(["-q", "-t", "ext4", "-U", ROOT_UUID, "-L", ROOT_LABEL, "-d"])
-            .arg(&tree)
-            .arg(&fs)
-            .arg(format!("{FS_MIB}M")),
-        "mke2fs -d of the real root",
-    );
-    // GPT: 1 MiB before the partition, 1 MiB after it for the backup table.
-    let disk = work.path().join("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len((FS_MIB + 2) << 20)
-        .unwrap();
-    let table = format!(
-        "label: gpt\nlabel-id: {DISK_GUID}\nstart=2048, size={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid={ROOT_PARTUUID}, name=root\n",
-        FS_MIB << 11
-    );
-    let mut sfdisk = Command::new(support::tool("sfdisk"))
-        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
-        .arg(&disk)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut sfdisk.stdin.take().unwrap(), table.as_bytes()).unwrap();
-    assert!(sfdisk.wait().unwrap().success(), "sfdisk on {} failed", disk.display());
-    run(
-        Command::new("dd")
-            .arg(format!("if={}", fs.display()))
-            .arg(format!("of={}", disk.display()))
-            .args(["bs=1M", "seek=1", "conv=notrunc,sparse", "status=none"]),
-        "dd of the root filesystem into the disk",
-    );
-    std::fs::rename(&disk, &img).unwrap();
-    // Older recipes' disks are not used again: ~180 MB each on the CI cache's disk.
-    for e in std::fs::read_dir(&roots).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("trixie-ext4-") && name.ends_with(".img") && e.path() != img {
-            eprintln!("real root: removing the outdated {name}");
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-    eprintln!("real root: made {} in {:.1?}", img.display(), start.elapsed());
-    img
+    ]);
+    cached("trixie-ext4-", &digest, ".img", |work| {
+        let tree = unpack_tree(work, &fstab());
+        let fs = work.join("root.ext4");
+        run(
+            Command::new(support::tool("mke2fs"))
+                .args(["-q", "-t", "ext4", "-U", ROOT_UUID, "-L", ROOT_LABEL, "-d"])
+                .arg(&tree)
+                .arg(&fs)
+                .arg(format!("{FS_MIB}M")),
+            "mke2fs -d of the real root",
+        );
+        // GPT: 1 MiB before the partition, 1 MiB after it for the backup table.
+        let disk = work.join("disk.img");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len((FS_MIB + 2) << 20)
+            .unwrap();
+        let table = format!(
+            "label: gpt\nlabel-id: {DISK_GUID}\nstart=2048, size={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid={ROOT_PARTUUID}, name=root\n",
+            FS_MIB << 11
+        );
+        let mut sfdisk = Command::new(support::tool("sfdisk"))
+            .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+            .arg(&disk)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut sfdisk.stdin.take().unwrap(), table.as_bytes()).unwrap();
+        assert!(sfdisk.wait().unwrap().success(), "sfdisk on {} failed", disk.display());
+        run(
+            Command::new("dd")
+                .arg(format!("if={}", fs.display()))
+                .arg(format!("of={}", disk.display()))
+                .args(["bs=1M", "seek=1", "conv=notrunc,sparse", "status=none"]),
+            "dd of the root filesystem into the disk",
+        );
+        disk
+    })
 }
 
-/// Build the root image with podman and unpack it (as root, owners kept) under `work`.
-fn build_tree(podman: &Path, digest: &str, work: &Path) -> PathBuf {
+/// Build the root image with podman and export it to `work/root.tar`.
+fn export_tar(podman: &Path, digest: &str, work: &Path) -> PathBuf {
     let context = work.join("context");
     std::fs::create_dir(&context).unwrap();
     for (name, text) in [
-        ("Containerfile", CONTAINERFILE.to_string()),
-        ("strata-marker", MARKER_SCRIPT.to_string()),
-        ("strata-marker.service", MARKER_UNIT.to_string()),
-        (FAIL_UNIT, FAIL_UNIT_TEXT.to_string()),
-        ("fstab", fstab()),
+        ("Containerfile", CONTAINERFILE),
+        ("strata-marker", MARKER_SCRIPT),
+        ("strata-marker.service", MARKER_UNIT),
+        (FAIL_UNIT, FAIL_UNIT_TEXT),
     ] {
         std::fs::write(context.join(name), text).unwrap();
     }
@@ -218,28 +283,14 @@ fn build_tree(podman: &Path, digest: &str, work: &Path) -> PathBuf {
     let (ok, out) = podman_out(podman, &["create", "--name", &name, &tag, "/bin/true"]);
     assert!(ok, "podman create of the real root: {out}");
     let tar = work.join("root.tar");
-    let (exported, out) = podman_out(podman, &["export", "-o", tar.to_str().unwrap(), &name]);
+    let (ok, out) = podman_out(podman, &["export", "-o", tar.to_str().unwrap(), &name]);
     podman_out(podman, &["rm", &name]);
     podman_out(podman, &["rmi", &tag]);
-    assert!(exported, "podman export of the real root: {out}");
-    let tree = work.join("tree");
-    std::fs::create_dir(&tree).unwrap();
-    run(
-        Command::new("tar")
-            .args(["--numeric-owner", "--same-permissions", "-xf"])
-            .arg(&tar)
-            .arg("-C")
-            .arg(&tree),
-        "unpacking the real root",
-    );
-    // podman leaves its own files in an image; a booted system has them from elsewhere.
-    for f in ["run/.containerenv", "etc/resolv.conf"] {
-        let _ = std::fs::remove_file(tree.join(f));
-    }
-    tree
+    assert!(ok, "podman export of the real root: {out}");
+    tar
 }
 
-fn run(cmd: &mut Command, what: &str) {
+pub fn run(cmd: &mut Command, what: &str) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         out.status.success(),

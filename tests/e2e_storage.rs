@@ -1,0 +1,256 @@
+//! End to end: the default set's initrd boots the real root on the storage stacks people
+//! install on (issue 10), each boot under qemu (TCG).
+//!
+//! These tests need podman (configured by ci/setup.sh), the Debian mirror, qemu, sfdisk, blkid,
+//! cryptsetup and debugfs: they are `#[ignore]`d and run with `--include-ignored` (as
+//! ci/test.sh does), where a missing tool fails the test. They run one at a time.
+
+mod e2e;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use e2e::disks::{self, LuksDisk};
+use e2e::*;
+
+// ---------------------------------------------------------------------------------------------
+// Disks made by systemd-repart (xfs by LABEL, btrfs subvolume, LUKS2, key disk): what the
+// reference tools read in them, and boots of the roots that need no extension.
+// ---------------------------------------------------------------------------------------------
+
+const DISK_TOOLS: &[&str] = &["podman", "tar", "sfdisk", "blkid", "cryptsetup", "debugfs"];
+
+/// The GPT type of a root partition for x86-64 (what repart's `Type=root` means there).
+const ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+
+/// `sfdisk -J` of the one partition of `image`.
+fn gpt_partition(image: &Path) -> serde_json::Value {
+    let out = Command::new(support::tool("sfdisk"))
+        .arg("-J")
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    table["partitiontable"]["partitions"][0].clone()
+}
+
+/// `debugfs -R REQUEST` on the ext4 filesystem of the one partition of `image`.
+fn debugfs(image: &Path, request: &str) -> String {
+    let (offset, _) = disks::partition(image);
+    let out = Command::new(support::tool("debugfs"))
+        .args(["-R", request])
+        .arg(format!("{}?offset={offset}", image.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "debugfs -R {request}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+#[ignore = "e2e: needs podman, the Debian mirror, sfdisk, blkid (run with --include-ignored; ci/test.sh does)"]
+fn xfs_and_btrfs_disks_carry_the_labels_the_command_lines_name() {
+    let _s = serial();
+    require_tools(DISK_TOOLS);
+    for disk in [disks::xfs_root(), disks::btrfs_root()] {
+        let part = gpt_partition(&disk.image);
+        assert_eq!(part["type"], ROOT_X86_64, "{}: {part}", disk.image.display());
+        assert_eq!(
+            part["uuid"].as_str().unwrap().to_lowercase(),
+            disk.partuuid,
+            "{}: {part}",
+            disk.image.display()
+        );
+        assert_eq!(part["start"], 2048, "{}: {part}", disk.image.display());
+        let probe = disks::probe(&disk.image);
+        assert_eq!(probe.get("TYPE").map(String::as_str), Some(disk.fstype), "{probe:?}");
+        assert_eq!(probe.get("LABEL").map(String::as_str), Some(disk.label), "{probe:?}");
+        assert_eq!(probe.get("UUID"), Some(&disk.fs_uuid), "{probe:?}");
+        let size = std::fs::metadata(&disk.image).unwrap().len();
+        eprintln!("{} {} MiB, fs UUID {}", disk.image.display(), size >> 20, disk.fs_uuid);
+    }
+}
+
+#[test]
+#[ignore = "e2e: needs podman, the Debian mirror, sfdisk (run with --include-ignored; ci/test.sh does)"]
+fn btrfs_disk_holds_the_root_only_in_subvolume_at() {
+    let _s = serial();
+    require_tools(DISK_TOOLS);
+    let disk = disks::btrfs_root();
+    // The root tree names one subvolume, @ (id 256), under the top level (id 5)…
+    let roots = disks::btrfs_dump_tree(&disk, "root");
+    let refs: Vec<&str> = roots.lines().filter(|l| l.contains("root ref key")).collect();
+    assert_eq!(refs.len(), 1, "subvolumes: {refs:?}");
+    assert!(
+        refs[0].trim().ends_with(&format!("name {}", disks::BTRFS_SUBVOL)),
+        "{refs:?}"
+    );
+    // …the top level holds nothing but @, so only `rootflags=subvol=@` finds the OS…
+    let names = |dump: &str| -> Vec<String> {
+        let mut v: Vec<String> = dump
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("name: "))
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    assert_eq!(
+        names(&disks::btrfs_dump_tree(&disk, "5")),
+        [disks::BTRFS_SUBVOL],
+        "the top level"
+    );
+    // …and @ holds the real root.
+    let root = names(&disks::btrfs_dump_tree(&disk, "256"));
+    for entry in ["etc", "usr", "os-release", "fstab", "strata-marker"] {
+        assert!(root.iter().any(|n| n == entry), "no {entry} in @: {root:?}");
+    }
+}
+
+#[test]
+#[ignore = "e2e: needs podman, the Debian mirror, sfdisk, blkid, cryptsetup (run with --include-ignored; ci/test.sh does)"]
+fn luks_disk_has_one_pbkdf2_slot_that_the_passphrase_opens() {
+    let _s = serial();
+    require_tools(DISK_TOOLS);
+    let disk: LuksDisk = disks::luks_root();
+    let probe = disks::probe(&disk.image);
+    assert_eq!(probe.get("TYPE").map(String::as_str), Some("crypto_LUKS"), "{probe:?}");
+    assert_eq!(probe.get("VERSION").map(String::as_str), Some("2"), "{probe:?}");
+    assert_eq!(probe.get("UUID").map(String::as_str), Some(disk.luks_uuid), "{probe:?}");
+    let dump = disks::luks_dump(&disk);
+    let keyslots = &dump[dump.find("Keyslots:").expect("a Keyslots section")..dump.find("Tokens:").unwrap()];
+    assert!(keyslots.contains("PBKDF:      pbkdf2"), "{keyslots}");
+    assert!(
+        keyslots.contains(&format!("Iterations: {}\n", disks::PBKDF2_ITERATIONS)),
+        "{keyslots}"
+    );
+    assert!(!dump.contains("argon2"), "a slot still uses Argon2:\n{dump}");
+    assert!(
+        dump.contains("offset: 16777216 [bytes]"),
+        "the data starts after 16 MiB:\n{dump}"
+    );
+    // The key file's bytes are the passphrase as typed, without a newline.
+    assert_eq!(std::fs::read(&disk.key_file).unwrap(), disk.passphrase.as_bytes());
+    let mode = std::fs::metadata(&disk.key_file).unwrap().permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    assert!(
+        disks::opens_with(&disk, disk.passphrase.as_bytes()),
+        "the passphrase does not open {}",
+        disk.image.display()
+    );
+    assert!(!disks::opens_with(&disk, b"not-the-passphrase"));
+    assert!(!disks::opens_with(&disk, format!("{}\n", disk.passphrase).as_bytes()));
+    let size = std::fs::metadata(&disk.image).unwrap().len();
+    eprintln!("{} {} MiB", disk.image.display(), size >> 20);
+}
+
+#[test]
+#[ignore = "e2e: needs podman, the Debian mirror, sfdisk, blkid, debugfs (run with --include-ignored; ci/test.sh does)"]
+fn key_disk_holds_the_key_file_under_its_label() {
+    let _s = serial();
+    require_tools(DISK_TOOLS);
+    let disk = disks::key_disk();
+    let probe = disks::probe(&disk.image);
+    assert_eq!(probe.get("TYPE").map(String::as_str), Some("ext4"), "{probe:?}");
+    assert_eq!(probe.get("LABEL").map(String::as_str), Some(disk.label), "{probe:?}");
+    let key = debugfs(&disk.image, &format!("cat {}", disk.key_path));
+    assert_eq!(key, disks::PASSPHRASE, "{} on {}", disk.key_path, disk.image.display());
+    let stat = debugfs(&disk.image, &format!("stat {}", disk.key_path));
+    assert!(stat.contains("Mode:  0600"), "{stat}");
+}
+
+/// The default set (kernel + initrd, no extension), built once for the boots of this section.
+fn plain_build() -> &'static PathBuf {
+    static OUT: OnceLock<PathBuf> = OnceLock::new();
+    OUT.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("strata-e2e-").tempdir().unwrap().keep();
+        let out = dir.join("out");
+        let o = build_with(&default_set(), &dir.join("cache"), &out, &[], &["--no-extensions"]);
+        assert_ok(&o, "building the default layer set");
+        out
+    })
+}
+
+const BOOT_TOOLS: &[&str] = &["podman", "qemu-system-x86_64", "tar", "sfdisk", "blkid"];
+
+/// Boot the plain build's kernel and initrd with `disk` and `append`; the root's marker,
+/// checked for systemd as PID 1 and no failed unit.
+fn boot_disk(disk: &Path, append: &str) -> real_root::RootMarker {
+    let out = plain_build();
+    let booted = real_root::boot_root(
+        &product_file(out, "kernel"),
+        &product_file(out, "initrd"),
+        &[disk],
+        append,
+        Duration::from_secs(480),
+    );
+    let m = booted
+        .marker
+        .unwrap_or_else(|| panic!("the real root's marker never came:\n{}", tail(&booted.console)));
+    eprintln!(
+        "real root reached {:.1?} after qemu's start, {:.1} s after the kernel's: {}\n{:?}",
+        booted.to_marker.unwrap(),
+        m.uptime,
+        m.line,
+        booted.analyze
+    );
+    assert_eq!(m.pid1, "systemd", "{}", m.line);
+    assert_eq!(
+        (m.failed, m.state.as_str()),
+        (0, "running"),
+        "failed units on the real root: {}\n{}",
+        m.line,
+        tail(&booted.console)
+    );
+    m
+}
+
+#[test]
+#[ignore = "e2e: needs podman, the Debian mirror, qemu-system-x86_64, sfdisk, blkid (run with --include-ignored; ci/test.sh does)"]
+fn xfs_root_by_label_boots() {
+    let _s = serial();
+    require_tools(BOOT_TOOLS);
+    let disk = disks::xfs_root();
+    let m = boot_disk(
+        &disk.image,
+        &real_root::cmdline(&format!("root=LABEL={}", disk.label), "ro"),
+    );
+    assert_eq!(
+        (m.source.as_str(), m.fstype.as_str()),
+        ("/dev/vda1", "xfs"),
+        "{}",
+        m.line
+    );
+    assert_eq!(m.uuid, disk.fs_uuid, "{}", m.line);
+}
+
+#[test]
+#[ignore = "e2e: needs podman, the Debian mirror, qemu-system-x86_64, sfdisk, blkid (run with --include-ignored; ci/test.sh does)"]
+fn btrfs_root_in_a_subvolume_boots() {
+    let _s = serial();
+    require_tools(BOOT_TOOLS);
+    let disk = disks::btrfs_root();
+    let m = boot_disk(
+        &disk.image,
+        &real_root::cmdline(
+            &format!("root=UUID={}", disk.fs_uuid),
+            &format!("rootflags=subvol={} ro", disks::BTRFS_SUBVOL),
+        ),
+    );
+    let subvol = format!("subvol=/{}", disks::BTRFS_SUBVOL);
+    assert_eq!(m.fstype, "btrfs", "{}", m.line);
+    assert_eq!(m.source, format!("/dev/vda1[/{}]", disks::BTRFS_SUBVOL), "{}", m.line);
+    assert!(
+        m.options.split(',').any(|o| o == subvol),
+        "mounted with {subvol}: {}",
+        m.line
+    );
+}
