@@ -61,9 +61,16 @@ RUN chmod 0755 /usr/local/sbin/strata-marker \\
 const MARKER_SCRIPT: &str = r#"#!/bin/sh
 state=$(timeout 300 systemctl is-system-running --wait 2>&1)
 failed=$(systemctl --failed --plain --no-legend | cut -d' ' -f1 | tr '\n' ' ')
+# The root's block device by number (udev's /dev/block/ link: the root may have no
+# /dev/mapper rules), or by name for a btrfs subvolume (an anonymous device number).
+dev=/dev/block/$(findmnt -no MAJ:MIN /)
+[ -b "$dev" ] || dev=$(findmnt -no SOURCE / | sed 's/\[.*//')
+# The block devices under the root, from it down: part,disk or crypt,part,disk or lvm,crypt,…
+stack=$(lsblk -s -l -n -o TYPE "$dev" 2>&1 | tr -d ' ' | paste -sd, -)
+uuid=$(blkid -p -s UUID -o value "$dev" 2>&1 | tr -d ' ')
 count=$(systemctl --failed --plain --no-legend | wc -l)
 command -v systemd-analyze >/dev/null && echo "STRATA-ANALYZE $(systemd-analyze time 2>&1 | head -n 1)" >/dev/console
-echo "STRATA-ROOT uptime=$(cut -d' ' -f1 /proc/uptime) source=$(findmnt -no SOURCE /) fstype=$(findmnt -no FSTYPE /) uuid=$(findmnt -no UUID /) options=$(findmnt -no OPTIONS /) pid1=$(cat /proc/1/comm) state=$state failed=$count $failed" >/dev/console
+echo "STRATA-ROOT uptime=$(cut -d' ' -f1 /proc/uptime) source=$(findmnt -no SOURCE /) fstype=$(findmnt -no FSTYPE /) uuid=$uuid options=$(findmnt -no OPTIONS /) pid1=$(cat /proc/1/comm) stack=$stack state=$state failed=$count $failed" >/dev/console
 systemctl --no-block poweroff
 "#;
 
@@ -311,6 +318,9 @@ pub struct RootMarker {
     pub uuid: String,
     pub options: String,
     pub pid1: String,
+    /// The block device types under the root, from it down (`lsblk -s`): `part,disk`,
+    /// `crypt,part,disk`, `lvm,part,disk`, `raid1,part,disk,part,disk` …
+    pub stack: String,
     pub state: String,
     pub failed: usize,
     /// The failed units' names.
@@ -330,6 +340,7 @@ impl RootMarker {
             uuid: String::new(),
             options: String::new(),
             pid1: String::new(),
+            stack: String::new(),
             state: String::new(),
             failed: usize::MAX,
             failed_units: Vec::new(),
@@ -346,6 +357,7 @@ impl RootMarker {
                 "uuid" => m.uuid = value.into(),
                 "options" => m.options = value.into(),
                 "pid1" => m.pid1 = value.into(),
+                "stack" => m.stack = value.into(),
                 "state" => m.state = value.into(),
                 "failed" => {
                     m.failed = value.parse().unwrap_or(usize::MAX);
