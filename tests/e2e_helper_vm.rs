@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::helper_vm::{self, Disk, StackImage, Swtpm};
+use e2e::helper_vm::{self, Access, Disk, StackImage, Swtpm};
 use e2e::real_root;
 
 fn require_tools() {
@@ -161,6 +161,12 @@ fn lvm_image_holds_the_real_root_on_lv_strata_root() {
         .parse()
         .unwrap();
     assert_real_root_at(disk, start + pe_start * 512);
+    // LVM itself finds and activates it on a later boot.
+    let job = format!(
+        "set -eu\nlvm vgchange -ay strata\n{}",
+        holds_real_root("/dev/strata/root")
+    );
+    check_in_helper(&image.disks, &job, None);
 }
 
 #[test]
@@ -219,6 +225,21 @@ fn raid1_members_are_metadata_1_2_named_root_with_the_real_root() {
             .unwrap();
         assert_real_root_at(disk, start + data_offset * 512);
     }
+    drop(dir);
+    // Assembled as udev's rule does (mdadm --incremental per member), with both members, and
+    // with one: started by the last-resort `mdadm --incremental --run --scan`, degraded.
+    let both = format!(
+        "set -eu\nmdadm --incremental /dev/vda1\nmdadm --incremental /dev/vdb1\n\
+         grep -A1 '^md127 : active' /proc/mdstat | grep -F '[2/2] [UU]'\n{}",
+        holds_real_root("/dev/md/root")
+    );
+    check_in_helper(&image.disks, &both, None);
+    let degraded = format!(
+        "set -eu\nmdadm --incremental /dev/vda1\nmdadm --incremental --run --scan\n\
+         grep -A1 '^md127 : active' /proc/mdstat | grep -F '[2/1] [U_]'\n{}",
+        holds_real_root("/dev/md/root")
+    );
+    check_in_helper(&image.disks[..1], &degraded, None);
 }
 
 /// `cryptsetup luksDump` of the LUKS2 partition of `disk`: checks the UUID and that keyslot 0
@@ -261,25 +282,27 @@ fn luks_dump(disk: &Path, uuid: &str, dir: &Path) -> String {
     dump
 }
 
-/// Boot the helper VM on copies of `image`'s disks (never written) with `job`; `tpm` as its TPM2.
-fn check_in_helper(image: &StackImage, job: &str, tpm: Option<&Swtpm>) -> String {
+/// Boot the helper VM with `disks` of `image` (written only to a throw-away overlay) and `job`;
+/// `tpm` as its TPM2. Returns the console; panics unless the job succeeded.
+fn check_in_helper(disks: &[PathBuf], job: &str, tpm: Option<&Swtpm>) -> String {
     let kit = helper_vm::helper_kit();
-    let dir = tempfile::tempdir().unwrap();
-    let disks: Vec<Disk> = image
-        .disks
+    let disks: Vec<Disk> = disks
         .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let copy: PathBuf = dir.path().join(format!("disk{i}.img"));
-            run("cp", &["--sparse=always", d.to_str().unwrap(), copy.to_str().unwrap()]);
-            Disk {
-                path: copy,
-                read_only: false,
-            }
+        .map(|d| Disk {
+            path: d.clone(),
+            access: Access::Snapshot,
         })
         .collect();
     let files = [("job.sh", job), ("pass", helper_vm::PASSPHRASE)];
     helper_vm::run_helper(&kit, &files, &disks, tpm, Duration::from_secs(300))
+}
+
+/// Job lines that pass when `dev` holds the real root's ext4, clean.
+fn holds_real_root(dev: &str) -> String {
+    format!(
+        "/usr/sbin/blkid {dev} | grep -F 'UUID=\"{}\"'\ne2fsck -fn {dev}\n",
+        real_root::ROOT_UUID
+    )
 }
 
 #[test]
@@ -293,11 +316,10 @@ fn lvm_on_luks_opens_with_the_passphrase_and_holds_lv_strata_crypt_root() {
     let dump = luks_dump(&image.disks[0], helper_vm::LVM_LUKS_UUID, dir.path());
     assert!(!dump.contains("systemd-tpm2"), "{dump}");
     let job = format!(
-        "set -eu\ncryptsetup open --key-file /pass /dev/vda1 crypt\nlvm vgchange -ay strata-crypt\n\
-         /usr/sbin/blkid /dev/strata-crypt/root | grep -F 'UUID=\"{}\"'\ne2fsck -fn /dev/strata-crypt/root\n",
-        real_root::ROOT_UUID
+        "set -eu\ncryptsetup open --key-file /pass /dev/vda1 crypt\nlvm vgchange -ay strata-crypt\n{}",
+        holds_real_root("/dev/strata-crypt/root")
     );
-    check_in_helper(&image, &job, None);
+    check_in_helper(&image.disks, &job, None);
 }
 
 /// systemd-cryptsetup as the initrd's unit runs it, with no passphrase to fall back to.
@@ -320,15 +342,20 @@ fn luks_tpm2_unlocks_with_its_swtpm_state_and_not_with_a_new_tpm() {
     );
     let state = image.tpm_state.as_deref().expect("the TPM2 image's swtpm state");
     // A later boot with the enrolled TPM's state unlocks without a passphrase.
-    let unlocked = format!(
-        "set -eu\n{TPM2_ATTACH}\n/usr/sbin/blkid /dev/mapper/root | grep -F 'UUID=\"{}\"'\n",
-        real_root::ROOT_UUID
-    );
+    let unlocked = format!("set -eu\n{TPM2_ATTACH}\n{}", holds_real_root("/dev/mapper/root"));
     let tpm = Swtpm::start(Some(state));
-    check_in_helper(&image, &unlocked, Some(&tpm));
+    let console = check_in_helper(&image.disks, &unlocked, Some(&tpm));
     drop(tpm);
+    assert!(
+        !console.contains("falling back"),
+        "the TPM2 did not unlock it:\n{console}"
+    );
     // A TPM that never saw the enrolment does not: the unlock above came from the TPM.
     let refused = format!("set -u\nif {TPM2_ATTACH}; then exit 1; fi\ntest ! -e /dev/mapper/root\n");
     let fresh = Swtpm::start(None);
-    check_in_helper(&image, &refused, Some(&fresh));
+    let console = check_in_helper(&image.disks, &refused, Some(&fresh));
+    assert!(
+        console.contains("Failed to unseal secret using TPM2"),
+        "a new TPM refused for another reason than the seal:\n{console}"
+    );
 }

@@ -355,12 +355,12 @@ fn stack(kind: &str, job: &str, env: &[(&str, &str)], parts: &[(&str, &str)], tp
             partitioned_disk(&disk, part_type, part_uuid);
             disks.push(Disk {
                 path: disk,
-                read_only: false,
+                access: Access::Write,
             });
         }
         disks.push(Disk {
             path: root.clone(),
-            read_only: true,
+            access: Access::ReadOnly,
         });
         let swtpm = tpm.then(|| {
             let state = work.join("tpm");
@@ -401,7 +401,18 @@ fn partitioned_disk(disk: &Path, part_type: &str, part_uuid: &str) {
 /// A disk of the helper VM.
 pub struct Disk {
     pub path: PathBuf,
-    pub read_only: bool,
+    pub access: Access,
+}
+
+/// How the helper VM may use a [`Disk`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Written: the job fills it.
+    Write,
+    /// Only read (the real root, the source).
+    ReadOnly,
+    /// Written in a throw-away overlay (`snapshot=on`): the file is never changed.
+    Snapshot,
 }
 
 /// Boot the helper VM with `files` (name, content) added to its initrd's root (`job.sh` is
@@ -445,7 +456,11 @@ pub fn run_helper(
         .arg(&initrd_path)
         .args(["-append", "console=ttyS0 panic=-1 quiet"]);
     for disk in disks {
-        let mode = if disk.read_only { ",readonly=on" } else { "" };
+        let mode = match disk.access {
+            Access::Write => "",
+            Access::ReadOnly => ",readonly=on",
+            Access::Snapshot => ",snapshot=on",
+        };
         cmd.arg("-drive")
             .arg(format!("file={},if=virtio,format=raw{mode}", disk.path.display()));
     }
