@@ -359,3 +359,20 @@ fn luks_tpm2_unlocks_with_its_swtpm_state_and_not_with_a_new_tpm() {
         "a new TPM refused for another reason than the seal:\n{console}"
     );
 }
+
+/// Making one kind of image removes the older images of that kind only: `lvm` is a prefix of
+/// `lvm-luks`, whose image must survive.
+#[test]
+fn a_new_image_outdates_only_its_own_kind() {
+    let lvm = "0123456789abcdef01234567";
+    let other = "76543210fedcba9876543210";
+    assert!(helper_vm::outdated("lvm", &format!("helpervm-lvm-{other}"), lvm));
+    assert!(!helper_vm::outdated("lvm", &format!("helpervm-lvm-{lvm}"), lvm));
+    assert!(!helper_vm::outdated("lvm", &format!("helpervm-lvm-luks-{other}"), lvm));
+    assert!(!helper_vm::outdated("lvm", &format!("helpervm-raid1-{other}"), lvm));
+    assert!(!helper_vm::outdated(
+        "lvm",
+        "trixie-ext4-287bea7d667d3700da28b143.img",
+        lvm
+    ));
+}

@@ -20,13 +20,14 @@
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
 use super::real_root;
+pub use super::swtpm::Swtpm;
 use crate::support;
 use crate::support::dissect::podman_out;
 
@@ -494,84 +495,6 @@ pub fn run_helper(
     console
 }
 
-/// A running swtpm (TPM 2.0) on a copy of a state directory, for one qemu. Dropping it stops
-/// the swtpm and removes the copy.
-pub struct Swtpm {
-    child: Child,
-    _dir: Option<tempfile::TempDir>,
-    /// What qemu needs to give the guest this TPM (`-chardev … -tpmdev … -device tpm-tis`).
-    pub qemu_args: Vec<String>,
-}
-
-impl Swtpm {
-    /// Start a swtpm on a copy of `state` (a [`StackImage::tpm_state`]); `None` starts one
-    /// with a new, empty state (a TPM that never saw the enrolment).
-    pub fn start(state: Option<&Path>) -> Swtpm {
-        let dir = tempfile::Builder::new().prefix("strata-swtpm-").tempdir().unwrap();
-        let copy = dir.path().join("state");
-        std::fs::create_dir(&copy).unwrap();
-        if let Some(state) = state {
-            for e in std::fs::read_dir(state).unwrap_or_else(|e| panic!("reading {}: {e}", state.display())) {
-                let e = e.unwrap();
-                std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
-            }
-        }
-        Swtpm::start_in(&copy, Some(dir))
-    }
-
-    /// Start a swtpm that keeps its state in `state` itself.
-    fn start_in(state: &Path, dir: Option<tempfile::TempDir>) -> Swtpm {
-        let sock = state
-            .parent()
-            .unwrap()
-            .join(format!("swtpm-{}.sock", std::process::id()));
-        let _ = std::fs::remove_file(&sock);
-        let child = Command::new(support::tool("swtpm"))
-            .args(["socket", "--tpm2", "--tpmstate"])
-            .arg(format!("dir={}", state.display()))
-            .arg("--ctrl")
-            .arg(format!("type=unixio,path={}", sock.display()))
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting swtpm: {e}"));
-        let mut swtpm = Swtpm {
-            child,
-            _dir: dir,
-            qemu_args: vec![
-                "-chardev".into(),
-                format!("socket,id=chrtpm,path={}", sock.display()),
-                "-tpmdev".into(),
-                "emulator,id=tpm0,chardev=chrtpm".into(),
-                "-device".into(),
-                "tpm-tis,tpmdev=tpm0".into(),
-            ],
-        };
-        let start = Instant::now();
-        while !sock.exists() {
-            if let Some(status) = swtpm.child.try_wait().unwrap() {
-                panic!("swtpm on {} exited {status} before listening", state.display());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "swtpm did not create {}",
-                sock.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        swtpm
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        // swtpm may already have ended with qemu's disconnect.
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
 /// Only one image is made at a time in this process (they share the kit and the machine).
 static MAKING: Mutex<()> = Mutex::new(());
 
@@ -601,14 +524,31 @@ fn cached(kind: &str, recipe: &[&str], make: impl FnOnce(&Path)) -> PathBuf {
         .tempdir_in(&roots)
         .unwrap();
     make(work.path());
-    std::fs::rename(work.keep(), &dir).unwrap();
+    let made = work.keep();
+    if let Err(e) = std::fs::rename(&made, &dir) {
+        // Another process made the same image meanwhile: use theirs.
+        std::fs::remove_dir_all(&made).unwrap();
+        assert!(dir.is_dir(), "renaming {} to {}: {e}", made.display(), dir.display());
+    }
     for e in std::fs::read_dir(&roots).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&prefix) && e.path() != dir {
+        // A work directory left by a killed run (each is up to ~2 GB).
+        let stale = name.starts_with(".helpervm-")
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(6 * 3600));
+        if outdated(kind, &name, &digest) || stale {
             eprintln!("helper VM: removing the outdated {name}");
             std::fs::remove_dir_all(e.path()).unwrap();
         }
     }
     eprintln!("helper VM: made {} in {:.1?}", dir.display(), start.elapsed());
     dir
+}
+
+/// Whether the cache entry `name` is an older `kind` image than `digest`'s.
+/// Only `helpervm-<kind>-<24 hex digits>` is of that kind (`lvm` is a prefix of `lvm-luks`).
+pub fn outdated(kind: &str, name: &str, digest: &str) -> bool {
+    name.strip_prefix(&format!("helpervm-{kind}-"))
+        .is_some_and(|d| d.len() == 24 && d.bytes().all(|b| b.is_ascii_hexdigit()) && d != digest)
 }

@@ -13,6 +13,7 @@ use crate::support;
 
 pub mod helper_vm;
 pub mod real_root;
+pub mod swtpm;
 
 pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
