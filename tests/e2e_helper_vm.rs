@@ -360,6 +360,27 @@ fn luks_tpm2_unlocks_with_its_swtpm_state_and_not_with_a_new_tpm() {
     );
 }
 
+/// The TPM2 unlock needs the kernel's TPM driver before the root: trixie's kernel (the one
+/// strata's default set ships) has the TIS and CRB interfaces built in, so the kernel layer
+/// need not select a module for them. Should that change, this says so.
+#[test]
+#[ignore = "needs podman and the Debian mirror (ci/setup.sh)"]
+fn trixies_kernel_has_the_tpm2_drivers_built_in() {
+    e2e::require_tools(&["podman"]);
+    let _serial = e2e::serial();
+    let kit = helper_vm::helper_kit();
+    let config = std::fs::read_to_string(&kit.config).unwrap();
+    for option in ["CONFIG_TCG_TPM", "CONFIG_TCG_TIS", "CONFIG_TCG_CRB"] {
+        let line = config.lines().find(|l| l.starts_with(&format!("{option}=")));
+        assert_eq!(
+            line,
+            Some(format!("{option}=y").as_str()),
+            "{option} of kernel {} is no longer built in: the default kernel layer must select its module",
+            kit.kernel_version
+        );
+    }
+}
+
 /// Making one kind of image removes the older images of that kind only: `lvm` is a prefix of
 /// `lvm-luks`, whose image must survive.
 #[test]

@@ -84,7 +84,8 @@ for f in /usr/bin/busybox /usr/sbin/lvm /usr/sbin/mdadm /usr/sbin/cryptsetup \
     while read -r l; do [ -e "$tree$l" ] || cp -L --parents "$l" "$tree"; done
 done
 : > "$tree/modules.list"
-for m in virtio_blk dm-mod dm-crypt md-mod raid1 ext4 xts algif_skcipher algif_hash; do
+# tpm_tis and tpm_crb are built into trixie's kernel (modprobe says "builtin").
+for m in virtio_blk dm-mod dm-crypt md-mod raid1 ext4 xts algif_skcipher algif_hash tpm_tis tpm_crb; do
   modprobe -S "$kver" --show-depends "$m"
 done | awk '$1 == "insmod" && !seen[$2]++ { $1 = ""; print }' | while read -r path args; do
   mkdir -p "$tree$(dirname "$path")"
@@ -100,6 +101,7 @@ CONF
 install -m 0755 /init "$tree/init"
 (cd "$tree" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) > /out/initrd.cpio
 cp /boot/vmlinuz-"$kver" /out/vmlinuz
+cp /boot/config-"$kver" /out/config
 echo "$kver" > /out/kernel-version
 "#;
 
@@ -133,6 +135,8 @@ pub struct HelperKit {
     pub initrd: PathBuf,
     /// `uname -r` of the kernel.
     pub kernel_version: String,
+    /// The kernel's build configuration (`/boot/config-*`).
+    pub config: PathBuf,
 }
 
 /// The cached helper kit, made on first use from the trixie container. Panics, naming what is
@@ -173,6 +177,7 @@ pub fn helper_kit() -> HelperKit {
     });
     HelperKit {
         kernel: dir.join("vmlinuz"),
+        config: dir.join("config"),
         initrd: dir.join("initrd.cpio"),
         kernel_version: std::fs::read_to_string(dir.join("kernel-version"))
             .unwrap()
