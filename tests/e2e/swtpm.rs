@@ -1,7 +1,7 @@
 //! A software TPM 2.0 (`swtpm`, Debian's package) for qemu boots: the TPM2-enrolled LUKS2 disk
 //! of [`super::helper_vm::luks_tpm2_image`] unlocks only with its own swtpm state.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,13 +11,14 @@ use crate::support;
 /// the swtpm and removes the copy.
 pub struct Swtpm {
     child: Child,
+    sock: PathBuf,
     _dir: Option<tempfile::TempDir>,
     /// What qemu needs to give the guest this TPM (`-chardev … -tpmdev … -device tpm-tis`).
     pub qemu_args: Vec<String>,
 }
 
 impl Swtpm {
-    /// Start a swtpm on a copy of `state` (a [`StackImage::tpm_state`]); `None` starts one
+    /// Start a swtpm on a copy of `state` (a [`super::helper_vm::StackImage::tpm_state`]); `None` starts one
     /// with a new, empty state (a TPM that never saw the enrolment).
     pub fn start(state: Option<&Path>) -> Swtpm {
         let dir = tempfile::Builder::new().prefix("strata-swtpm-").tempdir().unwrap();
@@ -49,6 +50,7 @@ impl Swtpm {
             .unwrap_or_else(|e| panic!("starting swtpm: {e}"));
         let mut swtpm = Swtpm {
             child,
+            sock: sock.clone(),
             _dir: dir,
             qemu_args: vec![
                 "-chardev".into(),
@@ -82,5 +84,7 @@ impl Drop for Swtpm {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+        // Killed, it leaves its socket behind (in the image's directory while one is made).
+        let _ = std::fs::remove_file(&self.sock);
     }
 }
