@@ -2,7 +2,8 @@
 # Prepare a fresh Debian 12 machine (root, no systemd as PID 1) for building and testing strata.
 #
 # Idempotent: every step checks whether it is already done. Run as root.
-#   - Debian packages: podman (+ runc), qemu, the reference tools the tests judge products with
+#   - Debian packages: podman (+ runc), qemu, the reference tools the tests judge products with,
+#     swtpm (the TPM2 of tests/e2e/helper_vm.rs's boots)
 #   - podman configured for this VM's quirks (see shared ENVIRONMENT notes in ci/README.md)
 #   - an unprivileged user for the rootless build tests
 #   - a local trixie base image (no container registry is reachable), for root and that user
@@ -24,6 +25,7 @@ pkgs=(
   docker-registry skopeo apache2-utils
   squashfs-tools erofs-utils cryptsetup-bin fdisk openssl sbsigntool
   hyperfine diffoscope-minimal busybox-static attr jq curl
+  swtpm mdadm
 )
 missing=()
 for p in "${pkgs[@]}"; do

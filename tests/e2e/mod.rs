@@ -13,8 +13,10 @@ use crate::support;
 
 pub mod boot;
 pub mod disks;
+pub mod helper_vm;
 pub mod real_root;
 pub mod storage;
+pub mod swtpm;
 
 pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
