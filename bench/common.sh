@@ -1,12 +1,15 @@
-# Shared by bench/flatten.sh, bench/noop.sh and bench/mkinitramfs.sh. Sourced, not run.
+# Shared by bench/flatten.sh, bench/noop.sh, bench/mkinitramfs.sh and bench/boot.sh. Sourced,
+# not run.
 # shellcheck shell=bash
 #
 # Environment:
 #   STRATA_BENCH_DIR  work directory (default: $TMPDIR/strata-bench or /tmp/strata-bench);
-#                     holds the strata cache (cache/) and build output (out/) the three
-#                     scripts share, so only the first one to run pays for the real build.
+#                     holds the strata cache (cache/) and build output (out/) the scripts
+#                     share, so only the first one to run pays for the real build, and
+#                     trixie's mkinitramfs image per kernel version (mkinitramfs/VERSION/).
 #   STRATA            a strata binary to use instead of building one with cargo.
 #   RUNS, WARMUP      hyperfine's --runs and --warmup.
+#   BOOT_TIMEOUT      seconds a qemu boot may take (default 300) before it is killed.
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 work=${STRATA_BENCH_DIR:-${TMPDIR:-/tmp}/strata-bench}
@@ -122,4 +125,130 @@ initrd_cpio() {
       *) cat "$m" ;;
     esac
   done
+}
+
+# trixie's mkinitramfs image for the kernel version VERSION (strata's), made once per version
+# in a trixie container; sets $mki_dir, which holds mkinitramfs.img, versions, initramfs.conf,
+# mkinitramfs.seconds and busybox (a static busybox for mkinitramfs.sh's toy root). Needs root
+# (rootful podman, a bind mount for the container's output).
+#
+# apt's defaults, Recommends included, as on an ordinary trixie system: initramfs-tools then
+# brings zstd (its COMPRESS=zstd) and busybox (BUSYBOX=auto puts it in the image), the kernel
+# brings firmware-linux-free; initramfs.conf keeps MODULES=most. busybox-static is installed
+# after mkinitramfs has run. Delete $mki_dir/done to run the container again.
+ensure_mkinitramfs() {
+  local version=$1 image=docker.io/library/debian:trixie
+  need podman
+  [ "$(id -u)" = 0 ] || die "run as root (rootful podman, a bind mount for the container's output)"
+  mki_dir=$work/mkinitramfs/$version
+  mkdir -p "$mki_dir"
+  step "mkinitramfs for $version in a trixie container"
+  if [ ! -e "$mki_dir/done" ]; then
+    podman image exists "$image" ||
+      die "$image is not in podman's storage; run ci/setup.sh (no registry is reachable)"
+    podman run --rm --network=host -v "$mki_dir:/out" -e "VER=$version" "$image" sh -euc '
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq initramfs-tools "linux-image-$VER" >/dev/null
+      start=$(date +%s.%N)
+      mkinitramfs -o /out/mkinitramfs.img "$VER"
+      end=$(date +%s.%N)
+      echo "$start $end" | awk "{ printf \"%.1f\n\", \$2 - \$1 }" >/out/mkinitramfs.seconds
+      dpkg-query -W initramfs-tools klibc-utils busybox zstd firmware-linux-free "linux-image-$VER" >/out/versions
+      grep -Ehv "^\s*(#|$)" /etc/initramfs-tools/initramfs.conf >/out/initramfs.conf
+      apt-get install -y -qq --no-install-recommends busybox-static >/dev/null
+      cp "$(command -v busybox)" /out/busybox
+      touch /out/done
+    '
+  fi
+  echo "in the container: $(tr '\n' ' ' <"$mki_dir/versions")"
+  echo "initramfs.conf: $(tr '\n' ' ' <"$mki_dir/initramfs.conf")"
+  echo "mkinitramfs ran for $(cat "$mki_dir/mkinitramfs.seconds") s (inside the container, after apt)"
+}
+
+# One cpio -tv listing of all the members (uncompressed cpio or zstd) of the initrd IMG, in
+# DIR: count (members), members (one line each), bytes (uncompressed, one line per member),
+# list (cpio -tv).
+initrd_listing() {
+  local img=$1 dir=$2 m
+  mkdir -p "$dir"
+  rm -f "$dir"/member-*
+  split_initrd_members "$img" "$dir" >"$dir/count"
+  : >"$dir/list"
+  : >"$dir/bytes"
+  : >"$dir/members"
+  for m in "$dir"/member-*; do
+    case $m in
+      *.zst) zstd -q -dc "$m" >"$dir/cpio" ;;
+      *.cpio) cp "$m" "$dir/cpio" ;;
+    esac
+    wc -c <"$dir/cpio" >>"$dir/bytes"
+    cpio -itv --quiet --numeric-uid-gid <"$dir/cpio" >>"$dir/list"
+    echo "$(basename "$m"): $(stat -c %s "$m") bytes, $(cpio -it --quiet <"$dir/cpio" | wc -l) entries" >>"$dir/members"
+  done
+  rm -f "$dir/cpio"
+}
+
+# Size, uncompressed size, entries, modules (*.ko, *.ko.xz|zst|gz under lib/modules/) and
+# firmware (regular files under lib/firmware/) of the initrd IMG listed in DIR by
+# initrd_listing, as one line for NAME; with a fourth argument "largest", also its ten largest
+# paths.
+initrd_report() {
+  local name=$1 img=$2 dir=$3 largest=${4:-}
+  python3 - "$name" "$img" "$dir" "$largest" <<'PY'
+import os, re, sys
+name, img, d, largest = sys.argv[1:]
+members = int(open(f"{d}/count").read())
+raw = sum(int(x) for x in open(f"{d}/bytes").read().split())
+entries = []
+for line in open(f"{d}/list"):
+    f = line.split(None, 8)
+    if f[0][0] != "-":  # device nodes show "major, minor" where files show a size
+        entries.append((f[0][0], 0, ""))
+        continue
+    entries.append(("-", int(f[4]), f[8].rstrip("\n")))
+files = [e for e in entries if e[0] == "-"]
+modules = [s for t, s, p in files if "lib/modules/" in p and re.search(r"\.ko(\.(xz|zst|gz))?$", p)]
+firmware = [s for t, s, p in files if "lib/firmware/" in p]
+print(f"{name}: {os.path.getsize(img)} bytes ({members} member(s): {'; '.join(open(f'{d}/members').read().splitlines())}),"
+      f" {raw} bytes of cpio, {len(entries)} entries, {len(files)} regular files;"
+      f" modules {len(modules)} .ko* files, {sum(modules)} bytes;"
+      f" firmware {len(firmware)} files, {sum(firmware)} bytes;"
+      f" everything else {sum(s for t, s, p in files) - sum(modules) - sum(firmware)} bytes")
+if largest:
+    print(f"  ten largest paths of {name}:")
+    for t, s, p in sorted(files, key=lambda e: -e[1])[:10]:
+        print(f"    {s:>10}  {p}")
+PY
+}
+
+# Boot $out/vmlinuz with INITRD and the command line APPEND under qemu (TCG, 1 GiB, qemu's
+# default NIC), the disk given by the -drive value DRIVE, until the machine powers off or
+# BOOT_TIMEOUT (default 300) seconds pass. The console goes to LOG, each line prefixed with
+# the wall seconds since qemu was launched. MARKER is a regular expression whose first group is
+# the kernel's uptime in seconds (the clock of its printk timestamps); prints "UPTIME WALL"
+# for the first line that matches it, or fails when none does.
+qemu_boot() {
+  local initrd=$1 drive=$2 append=$3 marker=$4 log=$5
+  python3 - "$marker" "$log" "${BOOT_TIMEOUT:-300}" "$out/vmlinuz" "$initrd" "$drive" "$append" <<'PY'
+import re, subprocess, sys, time
+marker, log, timeout, kernel, initrd, drive, append = sys.argv[1:]
+argv = ["timeout", timeout, "qemu-system-x86_64", "-m", "1024", "-nographic", "-no-reboot",
+        "-kernel", kernel, "-initrd", initrd, "-drive", drive, "-append", append]
+start = time.monotonic()
+wall = uptime = None
+with open(log, "w") as out:
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for raw in p.stdout:
+        now = time.monotonic() - start
+        line = raw.decode(errors="replace").rstrip("\r\n")
+        out.write(f"{now:8.3f} {line}\n")
+        m = re.search(marker, line)
+        if m and wall is None:
+            wall, uptime = now, float(m.group(1))
+    p.wait()
+if wall is None:
+    sys.exit(f"the marker never appeared (qemu exit {p.returncode}); console in {log}")
+print(f"{uptime:.2f} {wall:.2f}")
+PY
 }
