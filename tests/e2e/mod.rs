@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::support;
 
+pub mod console;
 pub mod real_root;
 
 pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
