@@ -20,8 +20,9 @@ pub struct Console {
 
 impl Console {
     /// Start `kernel` + `initrd` with `disks` as virtio disks (opened with `snapshot=on`: never
-    /// written) and `append` as the command line.
-    pub fn boot(kernel: &Path, initrd: &Path, disks: &[&Path], append: &str) -> Console {
+    /// written), `append` as the command line, and further qemu arguments `qemu_args`
+    /// (`-device …`).
+    pub fn boot(kernel: &Path, initrd: &Path, disks: &[&Path], append: &str, qemu_args: &[&str]) -> Console {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-m", "1024", "-nographic", "-no-reboot", "-kernel"])
             .arg(kernel)
@@ -31,7 +32,7 @@ impl Console {
             cmd.arg("-drive")
                 .arg(format!("file={},if=virtio,format=raw,snapshot=on", disk.display()));
         }
-        cmd.args(["-append", append]);
+        cmd.args(["-append", append]).args(qemu_args);
         eprintln!("booting with: {append}");
         let mut qemu = cmd
             .stdin(Stdio::piped())
