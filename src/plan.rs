@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::config::{Base, Distribution, Extension, Kernel, LayerSet};
+use crate::config::{Base, Distribution, EmergencyShell, Extension, Kernel, LayerSet};
 use crate::digest::{Digest, canonical_json};
 
 /// Bumped whenever strata changes how a layer's bytes are made from the same inputs.
@@ -32,8 +32,10 @@ struct KeyInput<'a, T: Serialize> {
 struct BaseKey<'a> {
     packages: &'a [String],
     remove: &'a [String],
-    /// strata's own files in the base layer.
-    strata_files: String,
+    emergency_shell: EmergencyShell,
+    /// The units and scripts strata adds to the base layer ([`crate::stage::emergency`],
+    /// [`crate::stage::requeue`]).
+    strata_files: Digest,
 }
 
 fn key<T: Serialize>(kind: &'static str, set: &LayerSet, builder: &str, epoch: Option<u64>, layer: &T) -> Digest {
@@ -55,19 +57,23 @@ pub fn base_key(set: &LayerSet, builder: &str, epoch: Option<u64>) -> Digest {
         packages,
         remove,
         compression: _,
+        emergency_shell,
     } = &set.base;
-    let strata_files = crate::stage::requeue::fingerprint().to_string();
-    key(
-        "base",
-        set,
-        builder,
-        epoch,
-        &BaseKey {
-            packages,
-            remove,
-            strata_files,
-        },
-    )
+    let strata_files = Digest::of(
+        format!(
+            "{}\0{}",
+            crate::stage::emergency::key_input(*emergency_shell),
+            crate::stage::requeue::fingerprint()
+        )
+        .as_bytes(),
+    );
+    let input = BaseKey {
+        packages,
+        remove,
+        emergency_shell: *emergency_shell,
+        strata_files,
+    };
+    key("base", set, builder, epoch, &input)
 }
 
 /// The kernel + modules layer's key.
@@ -151,6 +157,15 @@ modules = ["ext4"]
             k,
             base_key(&set(&SET.replace("trixie", "forky")), "builder:a", None),
             "release"
+        );
+        assert_ne!(
+            k,
+            base_key(
+                &set(&SET.replace("compression", "emergency-shell = \"open\"\ncompression")),
+                "builder:a",
+                None
+            ),
+            "emergency shell"
         );
         // Compression decides the initrd, not the layer.
         assert_eq!(k, base_key(&set(&SET.replace("zstd:19", "xz")), "builder:a", None));

@@ -68,6 +68,28 @@ pub struct Base {
     pub remove: Vec<String>,
     #[serde(serialize_with = "display")]
     pub compression: Compression,
+    /// What the console offers when the initrd goes to emergency mode (`emergency-shell`).
+    pub emergency_shell: EmergencyShell,
+}
+
+/// `[base] emergency-shell`: whether emergency mode in the initrd opens a root shell on the
+/// console without a password.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EmergencyShell {
+    /// sulogin asks for the root password as the distribution set it; Debian's root account
+    /// is locked, so there is no shell, and the console says how to get one.
+    #[default]
+    Locked,
+    /// A root shell on the console without a password (`SYSTEMD_SULOGIN_FORCE=1`): whoever is
+    /// at the console of a machine whose boot failed gets root in the initrd.
+    Open,
+}
+
+impl EmergencyShell {
+    /// The values `emergency-shell` accepts, as written in base.toml.
+    pub const VALUES: [(&str, EmergencyShell); 2] =
+        [("locked", EmergencyShell::Locked), ("open", EmergencyShell::Open)];
 }
 
 /// The kernel and its modules layer.
@@ -118,6 +140,7 @@ struct RawBase {
     #[serde(default)]
     remove: Vec<Spanned<String>>,
     compression: Option<Spanned<String>>,
+    emergency_shell: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -255,6 +278,25 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
             .map_err(|e| err_at(Some(c.span()), Some("base.compression"), e.to_string()))?,
         None => Compression::DEFAULT,
     };
+    let emergency_shell = match b.emergency_shell {
+        Some(v) => EmergencyShell::VALUES
+            .iter()
+            .find(|(name, _)| name == v.get_ref())
+            .map(|(_, shell)| *shell)
+            .ok_or_else(|| {
+                err_at(
+                    Some(v.span()),
+                    Some("base.emergency-shell"),
+                    format!(
+                        "`{}` is not an emergency shell: `locked` (the default: sulogin asks for the root \
+                         password, and Debian's root account is locked) or `open` (a root shell on the \
+                         console without a password)",
+                        v.get_ref()
+                    ),
+                )
+            })?,
+        None => EmergencyShell::default(),
+    };
 
     let k = raw.kernel;
     check_package(&k.package, "kernel.package", distro, &err_at)?;
@@ -289,6 +331,7 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
             packages,
             remove,
             compression,
+            emergency_shell,
         },
         kernel: Kernel {
             package: k.package.into_inner(),
@@ -398,6 +441,32 @@ modules = ["virtio_blk", "ext4"]
         assert_eq!(set.distribution.architecture, "amd64");
         assert_eq!(set.base.compression, Compression::Xz { level: 6 });
         assert_eq!(set.kernel.modules, ["virtio_blk", "ext4"]);
+        assert_eq!(set.base.emergency_shell, EmergencyShell::Locked);
+    }
+
+    #[test]
+    fn emergency_shell_is_locked_or_open() {
+        let with = |v: &str| parse_str(&GOOD.replace("compression = \"xz\"", &format!("emergency-shell = {v}")));
+        assert_eq!(with("\"open\"").unwrap().base.emergency_shell, EmergencyShell::Open);
+        assert_eq!(with("\"locked\"").unwrap().base.emergency_shell, EmergencyShell::Locked);
+        let e = with("\"root-shell\"").unwrap_err();
+        assert_eq!(
+            ((e.line, e.column), e.key.as_deref()),
+            ((9, 19), Some("base.emergency-shell")),
+            "{e}"
+        );
+        assert!(
+            e.message
+                .contains("`root-shell` is not an emergency shell: `locked` (the default"),
+            "{e}"
+        );
+        assert!(
+            e.message
+                .contains("or `open` (a root shell on the console without a password)"),
+            "{e}"
+        );
+        let e = with("true").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("base.emergency-shell"), "{e}");
     }
 
     #[test]

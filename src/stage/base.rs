@@ -10,6 +10,7 @@ use strata_format::os_release;
 use tracing::info;
 
 use super::{Ctx, epoch, in_container};
+use crate::config::EmergencyShell;
 use crate::digest::Digest;
 use crate::distro::{self, Distro, Package};
 use crate::engine::run::{self, Container};
@@ -40,6 +41,7 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
 
     let packages = set.base.packages.clone();
     let remove = set.base.remove.clone();
+    let shell = set.base.emergency_shell;
     let (release, mirror) = (d.release.clone(), d.mirror.clone());
     let (store, distro) = (ctx.store.clone(), ctx.distro);
     let arch = distro.architecture(&d.architecture)?.oci;
@@ -47,7 +49,7 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
     let key = key.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
         let layer = read_root(&root.tar)?;
-        let (layer, versions) = finalize(layer, &root.installed, distro, &packages, &remove, epoch)?;
+        let (layer, versions) = finalize(layer, &root.installed, distro, &packages, &remove, shell, epoch)?;
         let blob = oci::put_layer_blob(&store, &layer)?;
         let os_release = match layer.get("usr/lib/os-release").map(|e| &e.kind) {
             Some(EntryKind::File { data }) => String::from_utf8_lossy(data).into_owned(),
@@ -138,14 +140,16 @@ pub(crate) fn read_root(tar: &[u8]) -> Result<Layer> {
 }
 
 /// Turn an installed build root into the base layer: keep only the requested packages'
-/// dependency closure, drop the configured paths, add `/init` and `/etc/initrd-release`,
-/// clamp mtimes. Returns the layer and the kept packages as `name=version`.
+/// dependency closure, drop the configured paths, add `/init`, `/etc/initrd-release` and
+/// what the initrd does when its root never appears ([`super::emergency`], with the emergency
+/// shell `shell`), clamp mtimes. Returns the layer and the kept packages as `name=version`.
 pub fn finalize(
     mut layer: Layer,
     installed: &[Package],
     distro: &dyn Distro,
     packages: &[String],
     remove: &[String],
+    shell: EmergencyShell,
     epoch: u64,
 ) -> Result<(Layer, Vec<String>)> {
     let keep = distro::closure(installed, packages)
@@ -217,6 +221,7 @@ pub fn finalize(
     if !native {
         entries.extend(super::requeue::entries(epoch));
     }
+    super::emergency::add_files(&mut entries, shell, epoch);
     entries.push(Entry::symlink("init", "usr/lib/systemd/systemd", epoch));
     entries.push(Entry::file(
         "etc/initrd-release",
@@ -287,6 +292,7 @@ mod tests {
             &crate::distro::debian::Debian,
             &["systemd".into()],
             &remove,
+            EmergencyShell::Locked,
             1_000,
         )
         .unwrap();
@@ -330,6 +336,15 @@ mod tests {
             panic!()
         };
         assert!(String::from_utf8_lossy(data).contains("VARIANT_ID=initrd"));
+        for f in crate::stage::emergency::files(EmergencyShell::Locked) {
+            assert!(layer.get(f.path).is_some(), "{} is not in the base layer", f.path);
+        }
+        assert!(
+            layer
+                .get("usr/lib/systemd/system/emergency.service.d/strata-emergency-shell.conf")
+                .is_none(),
+            "the emergency shell is locked by default"
+        );
         assert!(layer.entries().iter().all(|e| e.mtime <= 1_000));
     }
 
@@ -343,14 +358,12 @@ mod tests {
             &crate::distro::debian::Debian,
             &["systemd".into()],
             &[],
+            EmergencyShell::Locked,
             1_000,
         )
         .unwrap();
         assert!(
-            layer
-                .entries()
-                .iter()
-                .all(|e| !e.path.contains("strata-sysext-requeue") && !e.path.starts_with("usr/lib/strata")),
+            layer.entries().iter().all(|e| !e.path.contains("sysext-requeue")),
             "systemd >= 258 orders its own merge before cryptsetup-pre.target"
         );
     }
@@ -363,6 +376,7 @@ mod tests {
             &crate::distro::debian::Debian,
             &["bash".into()],
             &[],
+            EmergencyShell::Locked,
             1,
         )
         .unwrap_err();
@@ -378,6 +392,7 @@ mod tests {
             &crate::distro::debian::Debian,
             &["libc6".into()],
             &[],
+            EmergencyShell::Locked,
             1,
         )
         .unwrap_err();

@@ -133,8 +133,16 @@ pub fn diff_layer(
     let owners = distro::owners(&root.packages);
     let mut packages = set.base.packages.clone();
     packages.extend(x.packages.iter().cloned());
-    let (full, versions) =
-        finalize(root.layer, &root.packages, distro, &packages, &set.base.remove, epoch).with_context(what)?;
+    let (full, versions) = finalize(
+        root.layer,
+        &root.packages,
+        distro,
+        &packages,
+        &set.base.remove,
+        set.base.emergency_shell,
+        epoch,
+    )
+    .with_context(what)?;
 
     let now: BTreeMap<&str, &str> = versions.iter().filter_map(|v| v.split_once('=')).collect();
     let mut skew = Vec::new();
@@ -305,7 +313,16 @@ modules = ["ext4"]
         )
         .unwrap();
         let r = root("257", None);
-        let (base, _) = finalize(r.layer, &r.packages, &Debian, &set.base.packages, &set.base.remove, 10).unwrap();
+        let (base, _) = finalize(
+            r.layer,
+            &r.packages,
+            &Debian,
+            &set.base.packages,
+            &set.base.remove,
+            set.base.emergency_shell,
+            10,
+        )
+        .unwrap();
         (set, x, base)
     }
 

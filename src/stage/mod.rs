@@ -3,13 +3,16 @@
 //! - `base`: the initrd's userspace, installed by the distribution's package manager;
 //! - `kernel`: the kernel package, a selection of its modules and their firmware;
 //! - `extension`: an extension's packages on top of the base, stored as a diff;
-//! - `builder`: the builder image those run in; `erofs`: erofs images made in it.
+//! - `builder`: the builder image those run in; `erofs`: erofs images made in it;
+//! - `emergency`: the units and scripts the base gets for a root that never appears
+//!   (their text is in `initrd/`).
 //!
 //! Stages see the container engine only through [`Engine`], so they run against the
 //! recording fake in unit tests.
 
 pub(crate) mod base;
 pub(crate) mod builder;
+pub(crate) mod emergency;
 pub(crate) mod erofs;
 pub(crate) mod extension;
 pub(crate) mod kernel;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::support;
 
 pub mod boot;
+pub mod console;
 pub mod disks;
 pub mod helper_vm;
 pub mod real_root;
