@@ -8,7 +8,7 @@
 mod e2e;
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -299,7 +299,11 @@ fn luks_root_unlocks_with_the_passphrase_typed_on_the_console() {
         ..Default::default()
     };
     let booted = boot_with(&["storage"], &[&disk.image], &luks_cmdline(&disk, "ro"), &extra);
-    assert!(booted.console.contains(PROMPT), "no passphrase prompt:\n{}", tail(&booted.console));
+    assert!(
+        booted.console.contains(PROMPT),
+        "no passphrase prompt:\n{}",
+        tail(&booted.console)
+    );
     assert_luks_root(&booted, &disk);
 }
 
@@ -313,7 +317,10 @@ fn luks_root_unlocks_with_the_cryptsetup_passphrase_credential() {
     let extra = boot::Extra {
         qemu: vec![
             "-smbios".into(),
-            format!("type=11,value=io.systemd.credential:cryptsetup.passphrase={}", disk.passphrase),
+            format!(
+                "type=11,value=io.systemd.credential:cryptsetup.passphrase={}",
+                disk.passphrase
+            ),
         ],
         ..Default::default()
     };
@@ -337,13 +344,106 @@ fn luks_root_unlocks_with_a_key_file_on_a_second_disk() {
     // value is read as the default key file's path.
     let append = luks_cmdline(
         &disk,
-        &format!("rd.luks.key={}={}:LABEL={} ro", disk.luks_uuid, keys.key_path, keys.label),
+        &format!(
+            "rd.luks.key={}={}:LABEL={} ro",
+            disk.luks_uuid, keys.key_path, keys.label
+        ),
     );
-    let booted = boot_with(&["storage"], &[&disk.image, &keys.image], &append, &boot::Extra::default());
+    let booted = boot_with(
+        &["storage"],
+        &[&disk.image, &keys.image],
+        &append,
+        &boot::Extra::default(),
+    );
     assert!(
         !booted.console.contains(PROMPT),
         "asked for the passphrase although the key disk has it:\n{}",
         tail(&booted.console)
     );
     assert_luks_root(&booted, &disk);
+}
+
+// ---------------------------------------------------------------------------------------------
+// LVM, LVM on LUKS2 and a TPM2-enrolled LUKS2 root (disks made in the helper VM,
+// tests/e2e/helper_vm.rs), each through the storage extension. The MD RAID1 root is assembled
+// and mounted, but the initrd then unmounts /sysroot while it stops its units for the switch
+// to the root (not yet understood; see the session notes): no boot test for it yet.
+// ---------------------------------------------------------------------------------------------
+
+/// Boot `image`'s disks (or the first `disks` of them) with the storage extension and its
+/// command line; the marker, checked, with the root's filesystem (the real root's ext4).
+fn boot_stack(image: &helper_vm::StackImage, disks: usize, extra: &boot::Extra) -> (real_root::Booted, RootMarker) {
+    let paths: Vec<&Path> = image.disks[..disks].iter().map(PathBuf::as_path).collect();
+    let booted = boot_with(&["storage"], &paths, &real_root::cmdline(&image.cmdline, "ro"), extra);
+    let m = reached(&booted);
+    assert_eq!(
+        (m.fstype.as_str(), m.uuid.as_str()),
+        ("ext4", real_root::ROOT_UUID),
+        "{}",
+        m.line
+    );
+    (booted, m)
+}
+
+/// Types the passphrase at the console's LUKS prompt.
+fn typed_passphrase() -> boot::Extra {
+    boot::Extra {
+        answers: vec![(PROMPT.into(), helper_vm::PASSPHRASE.into())],
+        ..Default::default()
+    }
+}
+
+#[test]
+#[ignore = "e2e: needs podman, the Debian mirror, qemu-system-x86_64, sfdisk, blkid (run with --include-ignored; ci/test.sh does)"]
+fn lvm_root_is_activated_by_udev() {
+    let _s = serial();
+    require_tools(BOOT_TOOLS);
+    let image = helper_vm::lvm_image();
+    let (_, m) = boot_stack(&image, 1, &boot::Extra::default());
+    assert_eq!(
+        (m.source.as_str(), m.stack.as_str()),
+        ("/dev/mapper/strata-root", "lvm,part,disk"),
+        "{}",
+        m.line
+    );
+}
+
+#[test]
+#[ignore = "e2e: needs podman, the Debian mirror, qemu-system-x86_64, sfdisk, blkid (run with --include-ignored; ci/test.sh does)"]
+fn lvm_on_luks_root_unlocks_then_activates() {
+    let _s = serial();
+    require_tools(BOOT_TOOLS);
+    let image = helper_vm::lvm_on_luks_image();
+    let (booted, m) = boot_stack(&image, 1, &typed_passphrase());
+    assert!(
+        booted.console.contains(PROMPT),
+        "no passphrase prompt:\n{}",
+        tail(&booted.console)
+    );
+    assert_eq!(
+        (m.source.as_str(), m.stack.as_str()),
+        ("/dev/mapper/strata--crypt-root", "lvm,crypt,part,disk"),
+        "{}",
+        m.line
+    );
+}
+
+#[test]
+#[ignore = "e2e: needs podman, the Debian mirror, qemu-system-x86_64, sfdisk, blkid, swtpm (run with --include-ignored; ci/test.sh does)"]
+fn luks_root_unlocks_with_the_tpm2_it_is_enrolled_to() {
+    let _s = serial();
+    require_tools(&[BOOT_TOOLS, &["swtpm"]].concat());
+    let image = helper_vm::luks_tpm2_image();
+    let tpm = swtpm::Swtpm::start(image.tpm_state.as_deref());
+    let extra = boot::Extra {
+        qemu: tpm.qemu_args.clone(),
+        ..Default::default()
+    };
+    let (booted, m) = boot_stack(&image, 1, &extra);
+    assert!(
+        !booted.console.contains(PROMPT),
+        "asked for the passphrase although the TPM2 can unseal the key:\n{}",
+        tail(&booted.console)
+    );
+    assert_eq!(m.stack, "crypt,part,disk", "{}", m.line);
 }

@@ -61,12 +61,31 @@ RUN chmod 0755 /usr/local/sbin/strata-marker \\
 const MARKER_SCRIPT: &str = r#"#!/bin/sh
 state=$(timeout 300 systemctl is-system-running --wait 2>&1)
 failed=$(systemctl --failed --plain --no-legend | cut -d' ' -f1 | tr '\n' ' ')
-# The root's block device by number (udev's /dev/block/ link: the root may have no
-# /dev/mapper rules), or by name for a btrfs subvolume (an anonymous device number).
-dev=/dev/block/$(findmnt -no MAJ:MIN /)
-[ -b "$dev" ] || dev=$(findmnt -no SOURCE / | sed 's/\[.*//')
+# What a block device is, from sysfs (lsblk -s prints nothing for dm devices here).
+kind() {
+  if [ -e "$1/dm/uuid" ]; then
+    case $(cat "$1/dm/uuid") in CRYPT-*) echo crypt ;; LVM-*) echo lvm ;; *) echo dm ;; esac
+  elif [ -e "$1/md/level" ]; then cat "$1/md/level"
+  elif [ -e "$1/partition" ]; then echo part
+  else echo disk
+  fi
+}
+# A block device and what it sits on, depth first (lsblk -s order).
+walk() {
+  local d=$1 s
+  kind "$d"
+  for s in "$d"/slaves/*; do [ -e "$s" ] && walk "$(readlink -f "$s")"; done
+  if [ -e "$d/partition" ]; then walk "$(readlink -f "$d/..")"; fi
+}
+# The root's block device in sysfs, by number, or by the mount's source for a btrfs
+# subvolume (an anonymous device number); its kernel name is in devtmpfs (this root has no
+# udev rules for /dev/mapper).
+sys=/sys/dev/block/$(findmnt -no MAJ:MIN / | tr -d ' ')
+[ -e "$sys" ] || sys=/sys/class/block/$(basename "$(findmnt -no SOURCE / | sed 's/\[.*//')")
+sys=$(readlink -f "$sys")
+dev=/dev/$(basename "$sys")
 # The block devices under the root, from it down: part,disk or crypt,part,disk or lvm,crypt,…
-stack=$(lsblk -s -l -n -o TYPE "$dev" 2>&1 | tr -d ' ' | paste -sd, -)
+stack=$(walk "$sys" | paste -sd, -)
 uuid=$(blkid -p -s UUID -o value "$dev" 2>&1 | tr -d ' ')
 count=$(systemctl --failed --plain --no-legend | wc -l)
 command -v systemd-analyze >/dev/null && echo "STRATA-ANALYZE $(systemd-analyze time 2>&1 | head -n 1)" >/dev/console
