@@ -332,6 +332,14 @@ mod tests {
             }
         );
         assert_eq!(layer.get("usr/lib/strata/sysext-requeue").unwrap().mode & 0o777, 0o755);
+        let EntryKind::File { data } = &layer
+            .get("etc/systemd/system/systemd-sysext.service.d/50-strata-before-udev-cleanup.conf")
+            .expect("the unmerge is ordered before udev's database is emptied")
+            .kind
+        else {
+            panic!()
+        };
+        assert!(String::from_utf8_lossy(data).contains("Before=initrd-udevadm-cleanup-db.service"));
         let EntryKind::File { data } = &layer.get("etc/initrd-release").unwrap().kind else {
             panic!()
         };

@@ -13,9 +13,13 @@ const UNIT: &str = "strata-sysext-requeue.service";
 const UNIT_TEXT: &str = include_str!("strata-sysext-requeue.service");
 const SCRIPT: &str = "usr/lib/strata/sysext-requeue";
 const SCRIPT_TEXT: &str = include_str!("sysext-requeue");
+const DROP_IN: &str = "etc/systemd/system/systemd-sysext.service.d/50-strata-before-udev-cleanup.conf";
+const DROP_IN_TEXT: &str = include_str!("50-strata-before-udev-cleanup.conf");
 
 /// The entries added to a base layer whose systemd lacks [`NATIVE_UNIT`]: the unit, its
-/// script, and the link that starts it with `systemd-sysext.service`.
+/// script, the link that starts it with `systemd-sysext.service`, and a drop-in that has
+/// `systemd-sysext.service` unmerge (and reload the manager) before udev's database is
+/// emptied at the switch to the root.
 pub(crate) fn entries(epoch: u64) -> Vec<Entry> {
     vec![
         Entry::file(&format!("usr/lib/systemd/system/{UNIT}"), UNIT_TEXT, 0o644, epoch),
@@ -25,11 +29,12 @@ pub(crate) fn entries(epoch: u64) -> Vec<Entry> {
             &format!("/usr/lib/systemd/system/{UNIT}"),
             epoch,
         ),
+        Entry::file(DROP_IN, DROP_IN_TEXT, 0o644, epoch),
     ]
 }
 
 /// A digest of these files, part of the base layer's cache key: a strata that ships other
 /// texts builds the base layer again.
 pub(crate) fn fingerprint() -> Digest {
-    Digest::of(format!("{UNIT}\0{UNIT_TEXT}\0{SCRIPT}\0{SCRIPT_TEXT}").as_bytes())
+    Digest::of(format!("{UNIT}\0{UNIT_TEXT}\0{SCRIPT}\0{SCRIPT_TEXT}\0{DROP_IN}\0{DROP_IN_TEXT}").as_bytes())
 }
