@@ -99,6 +99,14 @@ fn default_set_boots_a_real_debian_root_by_uuid() {
         tail(console)
     );
     assert_eq!(m.pid1, "systemd", "PID 1 of the real root: {}", m.line);
+    // No extension was merged, so the unit that re-queues what extensions add stays idle
+    // (systemd 257 makes /usr a mount point in every initrd boot; its condition must not be
+    // that).
+    assert!(
+        !console[..switch].contains("strata-sysext-requeue"),
+        "strata-sysext-requeue ran without a merged extension:\n{}",
+        tail(console)
+    );
     assert_eq!(m.source, "/dev/vda1", "the root's source: {}", m.line);
     assert_eq!(m.fstype, "ext4", "the root's type: {}", m.line);
     assert_eq!(m.uuid, real_root::ROOT_UUID, "the root's UUID: {}", m.line);
