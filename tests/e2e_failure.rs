@@ -47,6 +47,10 @@ fn other_disk(dir: &Path) -> PathBuf {
 }
 
 /// `strata build --no-extensions` of `set` into `out`, sharing `cache`.
+/// What the second boot adds to the command line: an LVM volume and an MD array.
+const LVM_ARG: &str = "rd.lvm.lv=strata/root";
+const MD_ARG: &str = "rd.md.uuid=0a1b2c3d:4e5f6071:8293a4b5:c6d7e8f9";
+
 fn build_initrd(set: &Path, cache: &Path, out: &Path) {
     let start = Instant::now();
     let o = build_with(set, cache, out, &[], &["--no-extensions"]);
@@ -157,7 +161,13 @@ fn a_root_that_never_appears_is_explained_and_ends_in_an_emergency_shell() {
     // generator makes for a LUKS device): only strata's bounded wait ends the boot's wait.
     let out = dir.path().join("out-open");
     build_initrd(&open_shell_set(dir.path()), &cache, &out);
-    let mut c = boot(&out, &disk, "rootflags=x-systemd.device-timeout=infinity", &[]);
+    // LVM and MD RAID asked for too: the report names the tool each lacks.
+    let mut c = boot(
+        &out,
+        &disk,
+        &format!("rootflags=x-systemd.device-timeout=infinity {LVM_ARG} {MD_ARG}"),
+        &[],
+    );
     let prompt = c.wait_for("(or press Control-D to continue): ", TO_REPORT);
     assert!(prompt.is_some(), "no emergency shell prompt:\n{}", c.tail());
     let console = c.text();
@@ -165,6 +175,12 @@ fn a_root_that_never_appears_is_explained_and_ends_in_an_emergency_shell() {
         format!("strata: ==== the root file system did not appear within {TIMEOUT} s"),
         format!("strata: waited for /dev/mapper/luks-{LUKS_UUID}"),
         "strata: emergency shell: a root shell opens on the console without a password".into(),
+        format!(
+            "strata: MISSING: {LVM_ARG} asks for LVM, but there is no /usr/sbin/lvm: the storage extension is not merged"
+        ),
+        format!(
+            "strata: MISSING: {MD_ARG} asks for MD RAID, but there is no /usr/sbin/mdadm: the storage extension is not merged"
+        ),
     ] {
         assert!(
             console.contains(&line),
