@@ -227,14 +227,15 @@ PY
 # BOOT_TIMEOUT (default 300) seconds pass. The console goes to LOG, each line prefixed with
 # the wall seconds since qemu was launched. MARKER is a regular expression whose first group is
 # the kernel's uptime in seconds (the clock of its printk timestamps); prints "UPTIME WALL"
-# for the first line that matches it, or fails when none does.
+# for the first line that matches it, or fails when none does. QEMU_EXTRA: more qemu
+# arguments (split at spaces).
 qemu_boot() {
   local initrd=$1 drive=$2 append=$3 marker=$4 log=$5
-  python3 - "$marker" "$log" "${BOOT_TIMEOUT:-300}" "$out/vmlinuz" "$initrd" "$drive" "$append" <<'PY'
+  python3 - "$marker" "$log" "${BOOT_TIMEOUT:-300}" "$out/vmlinuz" "$initrd" "$drive" "$append" "${QEMU_EXTRA:-}" <<'PY'
 import re, subprocess, sys, time
-marker, log, timeout, kernel, initrd, drive, append = sys.argv[1:]
+marker, log, timeout, kernel, initrd, drive, append, extra = sys.argv[1:]
 argv = ["timeout", timeout, "qemu-system-x86_64", "-m", "1024", "-nographic", "-no-reboot",
-        "-kernel", kernel, "-initrd", initrd, "-drive", drive, "-append", append]
+        "-kernel", kernel, "-initrd", initrd, "-drive", drive, "-append", append] + extra.split()
 start = time.monotonic()
 wall = uptime = None
 with open(log, "w") as out:
