@@ -177,3 +177,146 @@ fn extract_root(image: &Path, dir: PathBuf) -> PathBuf {
     std::fs::write(&path, &data[start as usize..(start + size) as usize]).unwrap();
     path
 }
+
+// ---------------------------------------------------------------------------------------------
+// The storage extension on forky: systemd 262 merges it natively (systemd-sysext-initrd.service,
+// before cryptsetup-pre.target) and restarts cryptsetup.target (EXTENSION_RESTART_UNITS=),
+// with no strata-sysext-requeue.service.
+// ---------------------------------------------------------------------------------------------
+
+/// What systemd's password agent prints on the console for a LUKS volume.
+const LUKS_PROMPT: &str = "Please enter passphrase for disk";
+
+/// The forky initrd followed by the member with the storage extension (as systemd-stub adds
+/// it), then one with a drop-in that copies systemd-sysext-initrd.service's log to the console.
+fn forky_initrd_with_storage(out: &Path, dir: &Path) -> PathBuf {
+    let with = e2e::storage::initrd_with(out, &["storage"], dir);
+    let tree = dir.join("log");
+    let dropin = tree.join("etc/systemd/system/systemd-sysext-initrd.service.d");
+    std::fs::create_dir_all(&dropin).unwrap();
+    std::fs::write(
+        dropin.join("console.conf"),
+        "[Service]\nEnvironment=SYSTEMD_LOG_TARGET=console\nStandardError=journal+console\n",
+    )
+    .unwrap();
+    let member = dir.join("log.cpio");
+    let o = strata(
+        &[
+            "cpio",
+            tree.to_str().unwrap(),
+            "-o",
+            member.to_str().unwrap(),
+            "--compression",
+            "none",
+        ],
+        &[],
+        &[],
+    );
+    assert_ok(&o, "strata cpio of the drop-in's member");
+    let mut initrd = std::fs::read(&with).unwrap();
+    initrd.resize(initrd.len().next_multiple_of(4), 0);
+    initrd.extend(std::fs::read(&member).unwrap());
+    let path = dir.join("initrd-storage-log.img");
+    std::fs::write(&path, initrd).unwrap();
+    path
+}
+
+/// Where `needle` first shows on `console`, or the test fails naming it.
+fn at(console: &str, needle: &str) -> usize {
+    console
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} never showed on the console:\n{}", tail(console)))
+}
+
+#[test]
+#[ignore = "e2e: needs podman, the Debian mirror (forky), qemu-system-x86_64, sfdisk, blkid, cryptsetup (run with --include-ignored; ci/test.sh does)"]
+fn forky_storage_extension_unlocks_a_luks_root_merged_natively() {
+    let _s = serial();
+    require_tools(&["podman", "qemu-system-x86_64", "tar", "sfdisk", "blkid", "cryptsetup"]);
+    let b = built();
+    // The base is forky's own: systemd-sysext-initrd.service and no strata-sysext-requeue.
+    let initrd = std::fs::read(product_file(&b.out, "initrd")).unwrap();
+    let base = zstd::decode_all(zstd_members(&initrd)[0]).unwrap();
+    let has = |path: &str| base.windows(path.len()).any(|w| w == path.as_bytes());
+    assert!(
+        has("usr/lib/systemd/system/systemd-sysext-initrd.service"),
+        "forky's systemd has no systemd-sysext-initrd.service"
+    );
+    assert!(
+        !has("strata-sysext-requeue"),
+        "the forky initrd carries strata's requeue workaround"
+    );
+
+    let disk = e2e::disks::luks_root();
+    let dir = tempfile::tempdir().unwrap();
+    let append = e2e::real_root::cmdline(
+        &format!("rd.luks.uuid={u} root=/dev/mapper/luks-{u}", u = disk.luks_uuid),
+        "ro",
+    );
+    let booted = e2e::boot::boot(
+        &product_file(&b.out, "kernel"),
+        &forky_initrd_with_storage(&b.out, dir.path()),
+        &[&disk.image],
+        &append,
+        std::time::Duration::from_secs(600),
+        &e2e::boot::Extra {
+            answers: vec![(LUKS_PROMPT.into(), disk.passphrase.into())],
+            ..Default::default()
+        },
+    );
+    let console = &booted.console;
+    let m = booted
+        .marker
+        .as_ref()
+        .unwrap_or_else(|| panic!("the real root's marker never came:\n{}", tail(console)));
+    eprintln!(
+        "real root reached {:.1?} after qemu's start, {:.1} s after the kernel's: {}\n{:?}",
+        booted.to_marker.unwrap(),
+        m.uptime,
+        m.line,
+        booted.analyze
+    );
+    assert_eq!(
+        (m.pid1.as_str(), m.state.as_str(), m.failed),
+        ("systemd", "running", 0),
+        "{}\n{}",
+        m.line,
+        tail(console)
+    );
+    assert_eq!(m.source, format!("/dev/mapper/luks-{}", disk.luks_uuid), "{}", m.line);
+    assert_eq!(
+        (m.fstype.as_str(), m.uuid.as_str(), m.stack.as_str()),
+        ("ext4", disk.fs_uuid, "crypt,part,disk"),
+        "{}",
+        m.line
+    );
+    // Merged by systemd 262's own unit (only its log goes to the console), before the
+    // cryptsetup unit the extension's generator made (started by EXTENSION_RESTART_UNITS=)
+    // asked for the passphrase; strata's workaround never ran. The status lines shorten the
+    // unit's name to "systemd-sysext-initrd.ser…".
+    let started = at(console, "systemd-sysext-initrd.ser");
+    let merged = at(console, "Merged extensions into '/usr'");
+    let prompt = at(console, LUKS_PROMPT);
+    assert!(
+        started < merged && merged < prompt,
+        "merge out of order:\n{}",
+        tail(console)
+    );
+    assert!(!console.contains("strata-sysext-requeue"), "{}", tail(console));
+    // The order of the steps on the console, for docs/sysext-initrd.md.
+    let steps = [
+        "sysext-initrd",
+        "Merged extensions",
+        "udev-trigger",
+        "systemd-cryptsetup@",
+        LUKS_PROMPT,
+        "initrd-root-device",
+        "initrd-switch-root.service",
+    ];
+    for line in console
+        .lines()
+        .filter(|l| !l.contains("Job ") && steps.iter().any(|s| l.contains(s)))
+    {
+        eprintln!("console: {line}");
+    }
+}

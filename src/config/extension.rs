@@ -9,6 +9,7 @@
 //! filesystem = "squashfs"                # or "erofs" (mkfs.erofs in the builder image)
 //! scope = ["initrd"]                     # SYSEXT_SCOPE of the extension-release
 //! reload-manager = true                  # systemd reloads after merging (units, generators)
+//! restart-units = ["cryptsetup.target"]   # systemd ≥ 262 restarts them after the merge
 //! files = [{ source = "files/x.conf", path = "usr/lib/x.conf", mode = "0644" }]
 //! ```
 //!
@@ -50,6 +51,9 @@ pub struct Extension {
     /// `EXTENSION_RELOAD_MANAGER=1`: systemd reloads its units after the merge, so the
     /// extension's units and generators take effect.
     pub reload_manager: bool,
+    /// `EXTENSION_RESTART_UNITS=`: units systemd (≥ 262) restarts after the merge and its
+    /// reload, so that what the reloaded generators added to them is started.
+    pub restart_units: Vec<String>,
 }
 
 /// The file system inside an extension image.
@@ -106,6 +110,8 @@ struct RawExtension {
     scope: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     reload_manager: bool,
+    #[serde(default)]
+    restart_units: Vec<Spanned<String>>,
     filesystem: Option<Spanned<String>>,
 }
 
@@ -192,6 +198,18 @@ pub fn parse(
             ));
         }
     };
+    let mut restart_units = Vec::new();
+    for u in x.restart_units {
+        let unit = u.get_ref();
+        if !unit.contains('.') || unit.starts_with('.') || !unit.chars().all(|c| c.is_ascii_graphic() && c != '"') {
+            return Err(err_at(
+                Some(u.span()),
+                Some("extension.restart-units"),
+                format!("`{unit}` is not a unit name (such as \"cryptsetup.target\")"),
+            ));
+        }
+        restart_units.push(u.into_inner());
+    }
     Ok(Extension {
         name,
         file: file.to_path_buf(),
@@ -202,6 +220,7 @@ pub fn parse(
         filesystem,
         scope,
         reload_manager: x.reload_manager,
+        restart_units,
     })
 }
 
@@ -304,6 +323,7 @@ files = [{ source = "dhcp.network", path = "/usr/lib/systemd/network/80-dhcp.net
         .unwrap();
         assert_eq!(x.name, "network");
         assert_eq!(x.scope, ["initrd"]);
+        assert!(x.restart_units.is_empty());
         assert!(!x.confext);
         assert_eq!(x.filesystem, Filesystem::Squashfs);
         assert_eq!(x.remove, ["etc/ssh/ssh_host_*"]);
@@ -341,6 +361,12 @@ files = [{ source = "dhcp.network", path = "/usr/lib/systemd/network/80-dhcp.net
                 3,
                 Some("extension.colour"),
                 "unknown field",
+            ),
+            (
+                "[extension]\npackages = [\"ok\"]\nrestart-units = [\"a.target b.target\"]\n",
+                3,
+                Some("extension.restart-units"),
+                "`a.target b.target` is not a unit name",
             ),
             (
                 "[extension]\npackages = [\"ok\"]\nfilesystem = \"ext4\"\n",

@@ -58,6 +58,10 @@ pub struct Distribution {
     /// a frozen mirror snapshot's does. The epoch still comes from its `Date:`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allow_expired_release: bool,
+    /// Mount `/proc` in the build root while maintainer scripts run (the install containers
+    /// then get `CAP_SYS_ADMIN`), for packages whose scripts fail without it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub mount_proc: bool,
 }
 
 /// The base layer: the userspace of the initrd.
@@ -131,6 +135,8 @@ struct RawDistribution {
     architecture: Option<Spanned<String>>,
     #[serde(default)]
     allow_expired_release: bool,
+    #[serde(default)]
+    mount_proc: bool,
 }
 
 #[derive(Deserialize)]
@@ -326,6 +332,7 @@ pub fn parse(file: &Path, text: &str) -> Result<LayerSet, ConfigError> {
             components,
             architecture,
             allow_expired_release: d.allow_expired_release,
+            mount_proc: d.mount_proc,
         },
         base: Base {
             packages,
@@ -646,5 +653,7 @@ modules = ["virtio_blk", "ext4"]
         for k in [&set.kernel, &forky.kernel] {
             assert!(k.modules.iter().any(|m| m.starts_with("!kernel/")), "{:?}", k.modules);
         }
+        // forky's maintainer scripts need /proc; trixie's products are built without it.
+        assert!(forky.distribution.mount_proc && !set.distribution.mount_proc);
     }
 }

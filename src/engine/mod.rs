@@ -22,6 +22,11 @@ pub struct ContainerSpec {
     /// Whether the container needs the network (package downloads). Host networking is used:
     /// it works the same rootless and rootful and needs no extra setup.
     pub network: bool,
+    /// Whether the container may mount file systems (`CAP_SYS_ADMIN`): the package manager
+    /// mounts /proc in the build root, which maintainer scripts need (forky's
+    /// `systemd-tmpfiles --create` refuses to run without it). Rootless, the capability holds
+    /// only inside podman's user namespace.
+    pub mounts: bool,
     /// Shown in `podman ps` (a random suffix is added).
     pub name_hint: String,
 }

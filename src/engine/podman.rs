@@ -268,6 +268,7 @@ impl Engine for Podman {
             labels: Some([("io.strata.build".to_string(), "1".to_string())].into()),
             host_config: Some(HostConfig {
                 network_mode: Some(if spec.network { "host".into() } else { "none".into() }),
+                cap_add: spec.mounts.then(|| vec!["SYS_ADMIN".into()]),
                 ..Default::default()
             }),
             ..Default::default()

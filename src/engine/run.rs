@@ -70,6 +70,9 @@ pub fn reproduce_line(spec: &ContainerSpec, cmd: &Command) -> String {
         }
         .into(),
     );
+    if spec.mounts {
+        argv.push("--cap-add=SYS_ADMIN".into());
+    }
     for e in &spec.env {
         argv.push("-e".into());
         argv.push(e.clone());
@@ -130,6 +133,7 @@ mod tests {
                 image: "localhost/strata-builder-debian:0123".into(),
                 env: vec![],
                 network: true,
+                mounts: false,
                 name_hint: "base".into(),
             },
         }

@@ -93,6 +93,10 @@ pub fn release(os_release: &str, arch: Arch, x: &Extension) -> ExtensionRelease 
     if x.reload_manager {
         r.extra.push(("EXTENSION_RELOAD_MANAGER".into(), "1".into()));
     }
+    if !x.restart_units.is_empty() {
+        r.extra
+            .push(("EXTENSION_RESTART_UNITS".into(), x.restart_units.join(" ")));
+    }
     r
 }
 
@@ -390,6 +394,25 @@ mod tests {
         // lower-case text mkfs.erofs -U takes.
         let u = strata_format::ids::content_uuid([b"strata".as_slice()]).to_string();
         assert_eq!(u, "82ba7e1f-6f41-41d3-a48b-b4f785ca3199");
+    }
+
+    #[test]
+    fn reload_and_restart_units_go_into_the_extension_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let x = crate::config::extension::parse(
+            &dir.path().join("storage.toml"),
+            "[extension]\npackages = [\"cryptsetup-bin\"]\nreload-manager = true\n\
+             restart-units = [\"cryptsetup.target\", \"remote-cryptsetup.target\"]\n",
+            dir.path(),
+            &crate::distro::debian::Debian,
+        )
+        .unwrap();
+        let text = release("ID=debian\n", Arch::X86_64, &x).render();
+        assert!(
+            text.contains("EXTENSION_RELOAD_MANAGER=1\n")
+                && text.contains("EXTENSION_RESTART_UNITS=\"cryptsetup.target remote-cryptsetup.target\"\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
         image: ctx.builder.to_string(),
         env: vec![],
         network: true,
+        mounts: set.distribution.mount_proc,
         name_hint: "base".into(),
     };
     let (root, epoch) = in_container(ctx.engine, ctx.cancel, &spec, async |c: &Container| {

@@ -23,6 +23,7 @@ pub(crate) async fn mkfs<E: Engine>(
         image: builder.to_string(),
         env: vec![],
         network: false,
+        mounts: false,
         name_hint: "erofs".into(),
     };
     let fs = in_container(engine, cancel, &spec, async |c: &Container| {

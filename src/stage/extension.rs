@@ -65,6 +65,7 @@ pub(crate) async fn build<E: Engine>(
         image: ctx.builder.to_string(),
         env: vec![],
         network: true,
+        mounts: ctx.set.distribution.mount_proc,
         name_hint: format!("ext-{}", x.name),
     };
     let root = in_container(ctx.engine, ctx.cancel, &spec, async |c: &Container| {

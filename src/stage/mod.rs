@@ -146,6 +146,7 @@ mod helper_tests {
             image: "img".into(),
             env: vec![],
             network: false,
+            mounts: false,
             name_hint: "t".into(),
         };
         let cancel = CancellationToken::new();

@@ -102,6 +102,14 @@ impl World {
             .collect()
     }
 
+    fn created(&self) -> Vec<crate::engine::ContainerSpec> {
+        self.fake
+            .calls()
+            .into_iter()
+            .filter_map(|c| if let Call::Create(spec) = c { Some(spec) } else { None })
+            .collect()
+    }
+
     fn removes(&self) -> usize {
         self.fake
             .calls()
@@ -158,6 +166,7 @@ async fn base_runs_release_install_query_and_stores_the_finalized_layer() {
     assert_eq!(execs[1][7], "systemd", "the package list");
     assert_eq!(execs[2], ["strata-query-installed", "/root/target"]);
     assert_eq!(w.removes(), 1, "the container is removed");
+    assert!(!w.created()[0].mounts, "no capability unless the set asks for /proc");
 
     assert!(w.stored("strata.base.test"));
     let m = crate::store::image::get_manifest(&w.store, "strata.base.test")
@@ -224,6 +233,27 @@ async fn any_other_failure_keeps_the_tail_and_a_command_to_paste() {
         "{text}"
     );
     assert!(!w.stored("strata.base.test"));
+}
+
+#[tokio::test]
+async fn mount_proc_gives_the_install_container_cap_sys_admin_and_says_so_in_the_paste_line() {
+    // mmdebstrap mounts /proc in the build root only with CAP_SYS_ADMIN; without /proc,
+    // forky's cryptsetup-bin postinst (`systemd-tmpfiles --create`) fails.
+    let mut w = World::new();
+    w.set.distribution.mount_proc = true;
+    w.answer(ok(RELEASE));
+    w.answer(failed(1, "E: /proc is not mounted in the build root"));
+    let err = base::build(&w.ctx(), &crate::digest::Digest::of(b"key"), "strata.base.test")
+        .await
+        .unwrap_err();
+    let created = w.created();
+    assert!(created.len() == 1 && created[0].mounts, "{created:?}");
+    assert_eq!(w.execs()[1].last().unwrap(), "mount-proc");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("podman run --rm --network=host --cap-add=SYS_ADMIN localhost/strata-builder-debian:test env"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

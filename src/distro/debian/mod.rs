@@ -134,6 +134,9 @@ impl Distro for Debian {
         if d.allow_expired_release {
             argv.push("allow-expired".into());
         }
+        if d.mount_proc {
+            argv.push("mount-proc".into());
+        }
         Command::new("installing the packages into the build root", argv)
     }
 
@@ -314,6 +317,7 @@ mod tests {
             components: vec!["main".into(), "contrib".into()],
             architecture: "amd64".into(),
             allow_expired_release: false,
+            mount_proc: false,
         }
     }
 
@@ -382,6 +386,14 @@ mod tests {
         assert_eq!(
             Debian.install_command(&expired, &[], "/t", 1).argv.last().unwrap(),
             "allow-expired"
+        );
+        let proc = Distribution {
+            mount_proc: true,
+            ..expired
+        };
+        assert_eq!(
+            Debian.install_command(&proc, &[], "/t", 1).argv[9..],
+            ["allow-expired", "mount-proc"]
         );
         let k = Debian.kernel_fetch_command(&d, "linux-image-amd64", &["firmware-misc-nonfree".into()]);
         assert_eq!(

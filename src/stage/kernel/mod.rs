@@ -35,6 +35,7 @@ pub(crate) async fn build<E: Engine>(ctx: &Ctx<'_, E>, key: &Digest, name: &str)
         image: ctx.builder.to_string(),
         env: vec![],
         network: true,
+        mounts: false,
         name_hint: "kernel".into(),
     };
     let fetched = in_container(ctx.engine, ctx.cancel, &spec, async |c: &Container| {
