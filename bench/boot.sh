@@ -35,34 +35,11 @@ set -euo pipefail
 # shellcheck source=bench/common.sh
 . "$(dirname "$0")/common.sh"
 
-root_uuid=5a7a0c1e-7e57-4f00-8000-000000000001
-append="console=ttyS0 panic=-1 root=UUID=$root_uuid ro"
 boots=${BOOTS:-3}
 need podman qemu-system-x86_64 zstd cpio python3 timeout
 [ "$boots" -gt 0 ] || die "BOOTS=$boots: nothing to measure"
 [ "$(id -u)" = 0 ] || die "run as root (rootful podman, a bind mount for the container's output)"
-
-roots=${STRATA_CI_CACHE:-/var/cache/strata-ci}/roots
-# The tests keep one disk per recipe and remove outdated ones; the newest is the current one.
-disk=
-for f in "$roots"/trixie-ext4-*.img; do
-  if [ -f "$f" ] && { [ -z "$disk" ] || [ "$f" -nt "$disk" ]; }; then
-    disk=$f
-  fi
-done
-[ -n "$disk" ] || die "no real root disk $roots/trixie-ext4-*.img: make it with
-  cargo test --release --test e2e_build default_set_boots_a_real_debian_root_by_uuid -- --include-ignored
-(it builds the root with podman from Debian packages and caches the disk there)"
-# Its root partition starts at 1 MiB; the ext4 superblock is 1024 bytes in, the UUID at 0x68.
-python3 - "$disk" "$root_uuid" <<'PY' || die "$disk is not the real root disk (see tests/e2e/real_root.rs)"
-import sys, uuid
-with open(sys.argv[1], "rb") as f:
-    f.seek((1 << 20) + 1024)
-    sb = f.read(0x78)
-if sb[0x38:0x3A] != b"\x53\xef" or str(uuid.UUID(bytes=sb[0x68:0x78])) != sys.argv[2]:
-    sys.exit(f"{sys.argv[1]}: no ext4 with UUID {sys.argv[2]} at 1 MiB")
-PY
-echo "root disk: $disk"
+find_real_root_disk
 
 find_strata
 ensure_build
@@ -71,9 +48,7 @@ ensure_mkinitramfs "$version"
 res=$work/boot/$version
 rm -rf "$res"
 mkdir -p "$res"
-# A link (or a sparse copy on another filesystem) keeps the same disk for every boot even if
-# a test run replaces the cached one meanwhile.
-ln "$disk" "$res/root.img" 2>/dev/null || cp --sparse=always "$disk" "$res/root.img"
+keep_real_root_disk "$res/root.img"
 
 step "boots under qemu (TCG), $boots per initrd, alternating: $append"
 for i in $(seq 1 "$boots"); do
@@ -84,7 +59,7 @@ for i in $(seq 1 "$boots"); do
     esac
     log=$res/console-$name-$i.log
     r=$(qemu_boot "$initrd" "file=$res/root.img,if=virtio,format=raw,snapshot=on" "$append" \
-      'STRATA-ROOT uptime=([0-9.]+)' "$log") || die "boot $i of the $name initrd failed"
+      "$root_marker" "$log") || die "boot $i of the $name initrd failed"
     python3 - "$name" "$i" "$r" "$log" "$res/boots.jsonl" <<'PY'
 import json, re, sys
 name, i, r, log, rows = sys.argv[1:]

@@ -10,6 +10,7 @@
 #   STRATA            a strata binary to use instead of building one with cargo.
 #   RUNS, WARMUP      hyperfine's --runs and --warmup.
 #   BOOT_TIMEOUT      seconds a qemu boot may take (default 300) before it is killed.
+#   STRATA_CI_CACHE   where the e2e tests cache the real root disk (default /var/cache/strata-ci).
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 work=${STRATA_BENCH_DIR:-${TMPDIR:-/tmp}/strata-bench}
@@ -52,6 +53,44 @@ ensure_build() {
   awk -v a="$t0" -v b="$t1" 'BEGIN { printf "strata build took %.1f s\n", b - a }' >&2
   [ -s "$out/initrd.cpio.zst" ] || die "strata build wrote no $out/initrd.cpio.zst"
   [ -s "$out/vmlinuz" ] || die "strata build wrote no $out/vmlinuz"
+}
+
+# The real trixie root the e2e tests boot (tests/e2e/real_root.rs: systemd as PID 1 on ext4,
+# its marker unit prints `STRATA-ROOT uptime=…` when the boot has finished and powers off):
+# sets $disk to the newest cached disk $STRATA_CI_CACHE/roots/trixie-ext4-*.img (the tests
+# keep one per recipe and remove outdated ones), checked to hold the root's ext4, and
+# $append to the command line that boots it. Stops, saying how to make it, when there is none.
+root_uuid=5a7a0c1e-7e57-4f00-8000-000000000001
+append="console=ttyS0 panic=-1 root=UUID=$root_uuid ro"
+# shellcheck disable=SC2034 # used by the scripts that source this file
+root_marker='STRATA-ROOT uptime=([0-9.]+)'
+find_real_root_disk() {
+  local roots=${STRATA_CI_CACHE:-/var/cache/strata-ci}/roots f
+  disk=
+  for f in "$roots"/trixie-ext4-*.img; do
+    if [ -f "$f" ] && { [ -z "$disk" ] || [ "$f" -nt "$disk" ]; }; then
+      disk=$f
+    fi
+  done
+  [ -n "$disk" ] || die "no real root disk $roots/trixie-ext4-*.img: make it with
+  cargo test --release --test e2e_build default_set_boots_a_real_debian_root_by_uuid -- --include-ignored
+(it builds the root with podman from Debian packages and caches the disk there)"
+  # Its root partition starts at 1 MiB; the ext4 superblock is 1024 bytes in, the UUID at 0x68.
+  python3 - "$disk" "$root_uuid" <<'PY' || die "$disk is not the real root disk (see tests/e2e/real_root.rs)"
+import sys, uuid
+with open(sys.argv[1], "rb") as f:
+    f.seek((1 << 20) + 1024)
+    sb = f.read(0x78)
+if sb[0x38:0x3A] != b"\x53\xef" or str(uuid.UUID(bytes=sb[0x68:0x78])) != sys.argv[2]:
+    sys.exit(f"{sys.argv[1]}: no ext4 with UUID {sys.argv[2]} at 1 MiB")
+PY
+  echo "root disk: $disk"
+}
+
+# Link $disk as FILE (or copy it sparse onto another filesystem): the same disk for every boot
+# even if a test run replaces the cached one meanwhile. Boots open it with snapshot=on.
+keep_real_root_disk() {
+  ln "$disk" "$1" 2>/dev/null || cp --sparse=always "$disk" "$1"
 }
 
 # The kernel version the build's products.json records.
@@ -128,14 +167,13 @@ initrd_cpio() {
 }
 
 # trixie's mkinitramfs image for the kernel version VERSION (strata's), made once per version
-# in a trixie container; sets $mki_dir, which holds mkinitramfs.img, versions, initramfs.conf,
-# mkinitramfs.seconds and busybox (a static busybox for mkinitramfs.sh's toy root). Needs root
-# (rootful podman, a bind mount for the container's output).
+# in a trixie container; sets $mki_dir, which holds mkinitramfs.img, versions, initramfs.conf
+# and mkinitramfs.seconds. Needs root (rootful podman, a bind mount for the container's output).
 #
 # apt's defaults, Recommends included, as on an ordinary trixie system: initramfs-tools then
 # brings zstd (its COMPRESS=zstd) and busybox (BUSYBOX=auto puts it in the image), the kernel
-# brings firmware-linux-free; initramfs.conf keeps MODULES=most. busybox-static is installed
-# after mkinitramfs has run. Delete $mki_dir/done to run the container again.
+# brings firmware-linux-free; initramfs.conf keeps MODULES=most. Delete $mki_dir/done to run
+# the container again.
 ensure_mkinitramfs() {
   local version=$1 image=docker.io/library/debian:trixie
   need podman
@@ -156,8 +194,6 @@ ensure_mkinitramfs() {
       echo "$start $end" | awk "{ printf \"%.1f\n\", \$2 - \$1 }" >/out/mkinitramfs.seconds
       dpkg-query -W initramfs-tools klibc-utils busybox zstd firmware-linux-free "linux-image-$VER" >/out/versions
       grep -Ehv "^\s*(#|$)" /etc/initramfs-tools/initramfs.conf >/out/initramfs.conf
-      apt-get install -y -qq --no-install-recommends busybox-static >/dev/null
-      cp "$(command -v busybox)" /out/busybox
       touch /out/done
     '
   fi

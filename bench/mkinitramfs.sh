@@ -1,34 +1,36 @@
 #!/usr/bin/env bash
 # strata's initrd against trixie's `mkinitramfs` (initramfs-tools with its defaults and
 # Recommends: MODULES=most, zstd, busybox) for the same kernel version: size, uncompressed
-# size, entry count, the ten largest paths of each, and the time from kernel start to the
-# root file system's /sbin/init under qemu (TCG) with the same kernel (strata's vmlinuz), the
-# same root disk and the same command line.
+# size, entry count, the ten largest paths of each, and the time from kernel start to the end
+# of the real trixie root's boot under qemu (TCG) with the same kernel (strata's vmlinuz), the
+# same root disk (the e2e tests' real root, as bench/boot.sh boots it; opened with
+# snapshot=on) and the same command line. bench/boot.sh cuts the same boot into phases.
 #
 # Usage: bench/mkinitramfs.sh
 # Run as root (rootful podman). BOOTS (default 3) boots per initrd; BOOT_TIMEOUT (default
-# 300) seconds per boot. See bench/common.sh for STRATA_BENCH_DIR and STRATA.
+# 300) seconds per boot. See bench/common.sh for STRATA_BENCH_DIR, STRATA and STRATA_CI_CACHE.
 #
 # Timing, both printed per boot:
-#   kernel clock: /proc/uptime as read by the root's /sbin/init, printed in the marker line
-#                 (seconds since the kernel started, the clock of the kernel's printk
-#                 timestamps); also the printk timestamp of "Run /init as init process".
+#   kernel clock: /proc/uptime as read by the root's marker unit when the root's boot has
+#                 finished, printed in the marker line (seconds since the kernel started,
+#                 the clock of the kernel's printk timestamps); also the printk timestamp of
+#                 "Run /init as init process".
 #   wall:         seconds from launching qemu to the marker line on the serial console
 #                 (adds qemu start-up, firmware and loading kernel + initrd).
 set -euo pipefail
 # shellcheck source=bench/common.sh
 . "$(dirname "$0")/common.sh"
 
-marker='STRATA-BENCH-ROOT-REACHED'
 boots=${BOOTS:-3}
-need podman qemu-system-x86_64 mke2fs zstd cpio python3 timeout
+need podman qemu-system-x86_64 zstd cpio python3 timeout
 [ "$(id -u)" = 0 ] || die "run as root (rootful podman, a bind mount for the container's output)"
+[ "$boots" -eq 0 ] || find_real_root_disk
 find_strata
 ensure_build
 version=$(kernel_version)
 ensure_mkinitramfs "$version"
 bench=$mki_dir
-rm -rf "$bench"/{strata,mki,rootfs} "$bench"/console-* "$bench"/boots
+rm -rf "$bench"/{strata,mki} "$bench"/console-* "$bench"/boots "$bench"/root.img
 
 step "size and entries"
 initrd_listing "$out/initrd.cpio.zst" "$bench/strata"
@@ -36,39 +38,19 @@ initrd_listing "$bench/mkinitramfs.img" "$bench/mki"
 initrd_report strata "$out/initrd.cpio.zst" "$bench/strata" largest
 initrd_report mkinitramfs "$bench/mkinitramfs.img" "$bench/mki" largest
 
-step "root disk"
-tree=$bench/rootfs
-mkdir -p "$tree"/{bin,sbin,etc,proc,sys,dev,run,tmp}
-install -m 0755 "$bench/busybox" "$tree/bin/busybox"
-cat >"$tree/sbin/init" <<EOF
-#!/bin/busybox sh
-[ -e /proc/uptime ] || /bin/busybox mount -t proc proc /proc
-[ -c /dev/console ] || /bin/busybox mount -t devtmpfs devtmpfs /dev
-exec >/dev/console 2>&1
-read up idle </proc/uptime
-echo "$marker uptime=\$up"
-/bin/busybox sync
-/bin/busybox poweroff -f
-EOF
-chmod 0755 "$tree/sbin/init"
-printf 'ID=strata-bench\nNAME="strata bench root"\n' >"$tree/etc/os-release"
-mke2fs -q -F -t ext4 -d "$tree" "$bench/root.img" 32M
-
 # Boot once; print "kernel-clock-marker run-init wall" (seconds) on stdout, the console in LOG.
 boot() {
   local initrd=$1 log=$2 r ri
-  # A fresh copy per boot: the root is mounted rw and powered off without unmounting.
-  cp "$bench/root.img" "$bench/boot.img"
-  r=$(qemu_boot "$initrd" "file=$bench/boot.img,if=virtio,format=raw" \
-    "console=ttyS0 panic=-1 systemd.show_status=1 root=/dev/vda rw" "$marker uptime=([0-9.]+)" "$log") ||
-    return 1
+  r=$(qemu_boot "$initrd" "file=$bench/root.img,if=virtio,format=raw,snapshot=on" "$append" \
+    "$root_marker" "$log") || return 1
   ri=$(sed -n 's/.*\[ *\([0-9.]*\)\] Run \/init as init process.*/\1/p' "$log" | head -n 1)
   read -r up wall <<<"$r"
   printf '%s %.2f %s\n' "$up" "${ri:-nan}" "$wall"
 }
 
 [ "$boots" -gt 0 ] || exit 0
-step "boots under qemu (TCG), $boots per initrd, alternating"
+keep_real_root_disk "$bench/root.img"
+step "boots under qemu (TCG), $boots per initrd, alternating: $append"
 : >"$bench/boots"
 for i in $(seq 1 "$boots"); do
   for name in strata mkinitramfs; do
@@ -92,7 +74,7 @@ means = {}
 for name, rs in rows.items():
     up, ri, wall = (statistics.mean(c) for c in zip(*rs))
     means[name] = up
-    print(f"{name}: kernel start → root's /sbin/init: mean {up:.2f} s kernel clock"
+    print(f"{name}: kernel start → the real root's boot finished: mean {up:.2f} s kernel clock"
           f" (min {min(r[0] for r in rs):.2f}, max {max(r[0] for r in rs):.2f}, {len(rs)} boots);"
           f" /init started at {ri:.2f} s; {wall:.2f} s wall from launching qemu")
 print(f"ratio strata/mkinitramfs (kernel clock): {means['strata'] / means['mkinitramfs']:.2f}")

@@ -24,7 +24,7 @@ pkgs=(
   cpio zstd xz-utils kmod e2fsprogs
   docker-registry skopeo apache2-utils
   squashfs-tools erofs-utils cryptsetup-bin fdisk openssl sbsigntool
-  hyperfine diffoscope-minimal busybox-static attr jq curl
+  hyperfine diffoscope-minimal attr jq curl
   swtpm mdadm
 )
 missing=()

@@ -17,7 +17,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use e2e::console::Console;
+use e2e::boot::{Console, Extra};
 use e2e::*;
 
 /// The LUKS volume the command line asks for; no disk has it.
@@ -32,6 +32,8 @@ const SULOGIN_REFUSES: &str = "Cannot open access to console, the root account i
 /// Boot to the end of the report: ~15 s to the initrd's userspace under TCG, the timeout,
 /// the report; generous for a loaded CI machine.
 const TO_REPORT: Duration = Duration::from_secs(300);
+/// The watchdog's limit for a whole boot: the report, then the shell's steps.
+const BOOT_LIMIT: Duration = Duration::from_secs(600);
 
 /// A small ext4 disk: a block device that is there, but not the root.
 fn other_disk(dir: &Path) -> PathBuf {
@@ -63,12 +65,17 @@ fn boot(out: &Path, disk: &Path, extra: &str, qemu_args: &[&str]) -> Console {
         &format!("rd.luks.uuid={LUKS_UUID} root=/dev/mapper/luks-{LUKS_UUID}"),
         &format!("systemd.default_device_timeout_sec={TIMEOUT} {extra}"),
     );
-    Console::boot(
+    let extra = Extra {
+        qemu: qemu_args.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    };
+    Console::start(
         &product_file(out, "kernel"),
         &product_file(out, "initrd"),
         &[disk],
-        append.trim_end(),
-        qemu_args,
+        &append,
+        BOOT_LIMIT,
+        &extra,
     )
 }
 

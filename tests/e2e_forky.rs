@@ -1,51 +1,31 @@
 //! The distribution boundary, proven by a second layer set: `layers/debian-forky` (Debian's
 //! next release on this mirror: systemd 262, kernel 7.2, a split kernel package, an expired
 //! Release file, an os-release without VERSION_ID) builds with configuration only, its
-//! kernel and initrd boot under qemu to the test root, and its signed network extension is
-//! merged in the booted initrd.
+//! kernel and initrd boot under qemu to the real trixie root of tests/e2e/real_root.rs (the
+//! root is independent of the initrd), and its signed network extension is merged in the
+//! booted initrd.
 
 mod e2e;
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use e2e::*;
+
+/// What the boots need: the build's, and the real root's disk.
+const BOOT_TOOLS: &[&str] = &["podman", "qemu-system-x86_64", "tar", "mke2fs", "sfdisk"];
 
 fn forky_set() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("layers/debian-forky")
 }
 
-struct Built {
-    out: PathBuf,
-}
-
 /// The forky set with its network extension, signed with a `strata keygen` key, built once
 /// from an empty cache.
-fn built() -> &'static Built {
-    static BUILT: OnceLock<Built> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("strata-e2e-forky-")
-            .tempdir()
-            .unwrap()
-            .keep();
-        let keys = dir.join("keys");
-        assert_ok(
-            &strata(&["keygen", "-o", keys.to_str().unwrap()], &[], &[]),
-            "strata keygen",
-        );
-        let (key, cert) = (keys.join("sysext.key"), keys.join("sysext.crt"));
-        let o = build_with(
-            &forky_set(),
-            &dir.join("cache"),
-            &dir.join("out"),
-            &[],
-            &["--key", key.to_str().unwrap(), "--cert", cert.to_str().unwrap()],
-        );
-        assert_ok(&o, "building layers/debian-forky");
-        Built { out: dir.join("out") }
-    })
+fn built() -> &'static SignedBuild {
+    static BUILT: OnceLock<SignedBuild> = OnceLock::new();
+    BUILT.get_or_init(|| signed_build("strata-e2e-forky-", &forky_set(), None))
 }
 
 #[test]
@@ -83,10 +63,10 @@ fn without_allow_expired_release_the_error_says_what_to_set() {
 }
 
 #[test]
-#[ignore = "e2e: needs podman, the Debian mirror (forky), qemu-system-x86_64, mke2fs, busybox (run with --include-ignored; ci/test.sh does)"]
-fn forky_boots_to_the_test_root() {
+#[ignore = "e2e: needs podman, the Debian mirror (forky), qemu-system-x86_64, tar, mke2fs, sfdisk (run with --include-ignored; ci/test.sh does)"]
+fn forky_boots_the_real_trixie_root() {
     let _s = serial();
-    require_tools(&["podman", "qemu-system-x86_64", "mke2fs", "busybox"]);
+    require_tools(BOOT_TOOLS);
     let b = built();
     let p = products(&b.out);
     let kernel = p["products"]
@@ -99,39 +79,40 @@ fn forky_boots_to_the_test_root() {
         kernel["version"].as_str().unwrap().starts_with("7."),
         "forky's kernel: {kernel}"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let disk = root_disk(dir.path());
-    let console = boot(&product_file(&b.out, "kernel"), &product_file(&b.out, "initrd"), &disk);
-    let t = tail(&console);
-    let systemd = console
+    // The root is independent of the initrd: forky's kernel and initrd boot trixie's root.
+    let booted = real_root::boot_root(
+        &product_file(&b.out, "kernel"),
+        &product_file(&b.out, "initrd"),
+        &[&real_root::real_root_disk()],
+        &real_root::cmdline_by_uuid(),
+        Duration::from_secs(600),
+    );
+    let systemd = booted
+        .console
         .lines()
         .find(|l| l.contains("systemd 26") && l.contains("running in system mode"))
-        .unwrap_or_else(|| panic!("forky's systemd did not start:\n{t}"));
+        .unwrap_or_else(|| panic!("forky's systemd did not start:\n{}", tail(&booted.console)));
     eprintln!("{systemd}");
-    let in_initrd = console
-        .find("Running in initrd.")
-        .unwrap_or_else(|| panic!("not in the initrd:\n{t}"));
-    let switch = console
-        .find("initrd-switch-root.service")
-        .unwrap_or_else(|| panic!("no switch-root:\n{t}"));
-    let marker = console
-        .find(MARKER)
-        .unwrap_or_else(|| panic!("the root's /sbin/init never ran:\n{t}"));
-    assert!(in_initrd < switch && switch < marker, "boot steps out of order:\n{t}");
+    let m = booted.reached();
+    booted.switch_at();
+    assert_eq!(
+        (m.source.as_str(), m.fstype.as_str(), m.uuid.as_str()),
+        ("/dev/vda1", "ext4", real_root::ROOT_UUID),
+        "{}",
+        m.line
+    );
 }
 
 #[test]
-#[ignore = "e2e: needs podman, the Debian mirror (forky), qemu-system-x86_64 (run with --include-ignored; ci/test.sh does)"]
+#[ignore = "e2e: needs podman, the Debian mirror (forky), qemu-system-x86_64, tar, mke2fs, sfdisk (run with --include-ignored; ci/test.sh does)"]
 fn forky_merges_its_signed_network_extension() {
     let _s = serial();
-    require_tools(&["podman", "qemu-system-x86_64"]);
+    require_tools(BOOT_TOOLS);
     let b = built();
     let image = b.out.join("network.sysext.raw");
-    let console = boot_with(&b.out, &image);
-    let t = tail(&console);
-    assert!(console.contains("Merged extensions into '/usr'"), "not merged:\n{t}");
-    let ran = ran_line(&console);
-    assert!(ran.contains("OpenSSH_"), "the extension's sshd did not run: {ran}\n{t}");
+    // Merged in forky's initrd, then on to trixie's real root.
+    let booted = extra::boot_with(&b.out, &image);
+    extra::assert_merged(&booted);
     // The extension-release carries ID only: forky's os-release has no VERSION_ID.
     let listing = std::process::Command::new(support::tool("unsquashfs"))
         .arg("-cat")
@@ -187,38 +168,18 @@ fn extract_root(image: &Path, dir: PathBuf) -> PathBuf {
 /// What systemd's password agent prints on the console for a LUKS volume.
 const LUKS_PROMPT: &str = "Please enter passphrase for disk";
 
-/// The forky initrd followed by the member with the storage extension (as systemd-stub adds
-/// it), then one with a drop-in that copies systemd-sysext-initrd.service's log to the console.
+/// The forky initrd followed by the member systemd-stub would add: the storage extension, and
+/// a drop-in that copies systemd-sysext-initrd.service's log to the console.
 fn forky_initrd_with_storage(out: &Path, dir: &Path) -> PathBuf {
-    let with = e2e::storage::initrd_with(out, &["storage"], dir);
-    let tree = dir.join("log");
-    let dropin = tree.join("etc/systemd/system/systemd-sysext-initrd.service.d");
-    std::fs::create_dir_all(&dropin).unwrap();
-    std::fs::write(
-        dropin.join("console.conf"),
-        "[Service]\nEnvironment=SYSTEMD_LOG_TARGET=console\nStandardError=journal+console\n",
+    e2e::extra::initrd_with(
+        out,
+        &[&out.join("storage.sysext.raw")],
+        &[(
+            "etc/systemd/system/systemd-sysext-initrd.service.d/console.conf",
+            "[Service]\nEnvironment=SYSTEMD_LOG_TARGET=console\nStandardError=journal+console\n",
+        )],
+        dir,
     )
-    .unwrap();
-    let member = dir.join("log.cpio");
-    let o = strata(
-        &[
-            "cpio",
-            tree.to_str().unwrap(),
-            "-o",
-            member.to_str().unwrap(),
-            "--compression",
-            "none",
-        ],
-        &[],
-        &[],
-    );
-    assert_ok(&o, "strata cpio of the drop-in's member");
-    let mut initrd = std::fs::read(&with).unwrap();
-    initrd.resize(initrd.len().next_multiple_of(4), 0);
-    initrd.extend(std::fs::read(&member).unwrap());
-    let path = dir.join("initrd-storage-log.img");
-    std::fs::write(&path, initrd).unwrap();
-    path
 }
 
 /// Where `needle` first shows on `console`, or the test fails naming it.
@@ -265,24 +226,7 @@ fn forky_storage_extension_unlocks_a_luks_root_merged_natively() {
         },
     );
     let console = &booted.console;
-    let m = booted
-        .marker
-        .as_ref()
-        .unwrap_or_else(|| panic!("the real root's marker never came:\n{}", tail(console)));
-    eprintln!(
-        "real root reached {:.1?} after qemu's start, {:.1} s after the kernel's: {}\n{:?}",
-        booted.to_marker.unwrap(),
-        m.uptime,
-        m.line,
-        booted.analyze
-    );
-    assert_eq!(
-        (m.pid1.as_str(), m.state.as_str(), m.failed),
-        ("systemd", "running", 0),
-        "{}\n{}",
-        m.line,
-        tail(console)
-    );
+    let m = booted.reached();
     assert_eq!(m.source, format!("/dev/mapper/luks-{}", disk.luks_uuid), "{}", m.line);
     assert_eq!(
         (m.fstype.as_str(), m.uuid.as_str(), m.stack.as_str()),

@@ -177,7 +177,12 @@ fn boot_with(extensions: &[&str], disks: &[&Path], append: &str, extra: &boot::E
     let initrd = if extensions.is_empty() {
         product_file(out, "initrd")
     } else {
-        storage::initrd_with(out, extensions, dir.path())
+        let images: Vec<PathBuf> = extensions
+            .iter()
+            .map(|name| out.join(format!("{name}.sysext.raw")))
+            .collect();
+        let images: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
+        extra::initrd_with(out, &images, &[], dir.path())
     };
     boot::boot(
         &product_file(out, "kernel"),
@@ -189,33 +194,9 @@ fn boot_with(extensions: &[&str], disks: &[&Path], append: &str, extra: &boot::E
     )
 }
 
-/// The root's marker of `booted`, checked for systemd as PID 1 and no failed unit.
-fn reached(booted: &real_root::Booted) -> real_root::RootMarker {
-    let m = booted
-        .marker
-        .as_ref()
-        .unwrap_or_else(|| panic!("the real root's marker never came:\n{}", tail(&booted.console)));
-    eprintln!(
-        "real root reached {:.1?} after qemu's start, {:.1} s after the kernel's: {}\n{:?}",
-        booted.to_marker.unwrap(),
-        m.uptime,
-        m.line,
-        booted.analyze
-    );
-    assert_eq!(m.pid1, "systemd", "{}", m.line);
-    assert_eq!(
-        (m.failed, m.state.as_str()),
-        (0, "running"),
-        "failed units on the real root: {}\n{}",
-        m.line,
-        tail(&booted.console)
-    );
-    RootMarker::find(&booted.console).unwrap()
-}
-
 /// Boot `disk` with the plain initrd (no extension); the root's marker, checked.
 fn boot_disk(disk: &Path, append: &str) -> real_root::RootMarker {
-    reached(&boot_with(&[], &[disk], append, &boot::Extra::default()))
+    boot_with(&[], &[disk], append, &boot::Extra::default()).reached()
 }
 
 #[test]
@@ -278,7 +259,7 @@ fn luks_cmdline(disk: &LuksDisk, extra: &str) -> String {
 
 /// Booted, the root is the ext4 inside the LUKS volume, through dm-crypt.
 fn assert_luks_root(booted: &real_root::Booted, disk: &LuksDisk) {
-    let m = reached(booted);
+    let m = booted.reached();
     assert_eq!(m.source, format!("/dev/mapper/luks-{}", disk.luks_uuid), "{}", m.line);
     assert_eq!(
         (m.fstype.as_str(), m.uuid.as_str(), m.stack.as_str()),
@@ -373,7 +354,7 @@ fn luks_root_unlocks_with_a_key_file_on_a_second_disk() {
 fn boot_stack(image: &helper_vm::StackImage, disks: usize, extra: &boot::Extra) -> (real_root::Booted, RootMarker) {
     let paths: Vec<&Path> = image.disks[..disks].iter().map(PathBuf::as_path).collect();
     let booted = boot_with(&["storage"], &paths, &real_root::cmdline(&image.cmdline, "ro"), extra);
-    let m = reached(&booted);
+    let m = booted.reached();
     assert_eq!(
         (m.fstype.as_str(), m.uuid.as_str()),
         ("ext4", real_root::ROOT_UUID),

@@ -327,7 +327,7 @@ pub fn run(cmd: &mut Command, what: &str) {
 }
 
 /// The marker line the real root printed, parsed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RootMarker {
     pub line: String,
     /// The guest kernel's uptime when the marker was printed, in seconds.
@@ -398,6 +398,68 @@ pub struct Booted {
     pub marker: Option<RootMarker>,
     /// Wall time from qemu's start to the marker line.
     pub to_marker: Option<Duration>,
+}
+
+impl Booted {
+    /// The root's marker, checked: the real root was reached with systemd as PID 1, its boot
+    /// finished (`running`) and no unit failed. Panics with the console's tail otherwise.
+    pub fn reached(&self) -> RootMarker {
+        self.reached_with_failed(&[])
+    }
+
+    /// The root's marker, checked: the real root was reached with systemd as PID 1, and the
+    /// units that failed are exactly `failed` (the boot `degraded`), or none (`running`).
+    pub fn reached_with_failed(&self, failed: &[&str]) -> RootMarker {
+        let m = self
+            .marker
+            .as_ref()
+            .unwrap_or_else(|| panic!("the real root's marker never came:\n{}", super::tail(&self.console)));
+        eprintln!(
+            "real root reached {:.1?} after qemu's start, {:.1} s after the kernel's: {}\n{:?}",
+            self.to_marker, m.uptime, m.line, self.analyze
+        );
+        assert_eq!(m.pid1, "systemd", "PID 1 of the real root: {}", m.line);
+        let state = if failed.is_empty() { "running" } else { "degraded" };
+        assert_eq!(
+            (m.failed, m.failed_units.as_slice(), m.state.as_str()),
+            (
+                failed.len(),
+                failed.iter().map(|u| u.to_string()).collect::<Vec<_>>().as_slice(),
+                state
+            ),
+            "failed units on the real root: {}\n{}",
+            m.line,
+            super::tail(&self.console)
+        );
+        m.clone()
+    }
+
+    /// Where the console shows the switch from the initrd to the root, checked to come after
+    /// systemd ran in the initrd and before the root's marker.
+    pub fn switch_at(&self) -> usize {
+        let console = &self.console;
+        let t = || super::tail(console);
+        let in_initrd = console
+            .find("systemd[1]: Running in initrd.")
+            .unwrap_or_else(|| panic!("systemd did not run in the initrd:\n{}", t()));
+        let switch = console
+            .find("initrd-switch-root.service")
+            .unwrap_or_else(|| panic!("no switch-root:\n{}", t()));
+        let marker = console
+            .find(&format!("{MARKER} uptime="))
+            .unwrap_or_else(|| panic!("the real root's marker never came:\n{}", t()));
+        assert!(
+            in_initrd < switch && switch < marker,
+            "boot steps out of order:\n{}",
+            t()
+        );
+        switch
+    }
+}
+
+/// `root=UUID=` of the real root's ext4 ([`real_root_disk`]), read-only, as a user writes it.
+pub fn cmdline_by_uuid() -> String {
+    cmdline(&format!("root=UUID={ROOT_UUID}"), "ro")
 }
 
 /// The kernel command line for the real root, as a user writes it: `root` is e.g.
