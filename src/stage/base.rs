@@ -222,6 +222,7 @@ pub fn finalize(
     if !native {
         entries.extend(super::requeue::entries(epoch));
     }
+    entries.push(super::requeue::unmerge_before_udev_cleanup(native, epoch));
     super::emergency::add_files(&mut entries, shell, epoch);
     entries.push(Entry::symlink("init", "usr/lib/systemd/systemd", epoch));
     entries.push(Entry::file(
@@ -375,6 +376,14 @@ mod tests {
             layer.entries().iter().all(|e| !e.path.contains("sysext-requeue")),
             "systemd >= 258 orders its own merge before cryptsetup-pre.target"
         );
+        let EntryKind::File { data } = &layer
+            .get("etc/systemd/system/systemd-sysext-initrd.service.d/50-strata-before-udev-cleanup.conf")
+            .expect("systemd >= 258's unmerge is ordered before udev's database is emptied too")
+            .kind
+        else {
+            panic!()
+        };
+        assert!(String::from_utf8_lossy(data).contains("Before=initrd-udevadm-cleanup-db.service"));
     }
 
     #[test]

@@ -13,13 +13,11 @@ const UNIT: &str = "strata-sysext-requeue.service";
 const UNIT_TEXT: &str = include_str!("strata-sysext-requeue.service");
 const SCRIPT: &str = "usr/lib/strata/sysext-requeue";
 const SCRIPT_TEXT: &str = include_str!("sysext-requeue");
-const DROP_IN: &str = "etc/systemd/system/systemd-sysext.service.d/50-strata-before-udev-cleanup.conf";
+const DROP_IN: &str = "50-strata-before-udev-cleanup.conf";
 const DROP_IN_TEXT: &str = include_str!("50-strata-before-udev-cleanup.conf");
 
 /// The entries added to a base layer whose systemd lacks [`NATIVE_UNIT`]: the unit, its
-/// script, the link that starts it with `systemd-sysext.service`, and a drop-in that has
-/// `systemd-sysext.service` unmerge (and reload the manager) before udev's database is
-/// emptied at the switch to the root.
+/// script and the link that starts it with `systemd-sysext.service`.
 pub(crate) fn entries(epoch: u64) -> Vec<Entry> {
     vec![
         Entry::file(&format!("usr/lib/systemd/system/{UNIT}"), UNIT_TEXT, 0o644, epoch),
@@ -29,8 +27,24 @@ pub(crate) fn entries(epoch: u64) -> Vec<Entry> {
             &format!("/usr/lib/systemd/system/{UNIT}"),
             epoch,
         ),
-        Entry::file(DROP_IN, DROP_IN_TEXT, 0o644, epoch),
     ]
+}
+
+/// A drop-in for the unit that merges extensions in the initrd (`native`: systemd ≥ 258's
+/// [`NATIVE_UNIT`], else `systemd-sysext.service`) that has it unmerge, and reload the manager,
+/// before udev's database is emptied at the switch to the root. Every base layer gets it.
+pub(crate) fn unmerge_before_udev_cleanup(native: bool, epoch: u64) -> Entry {
+    let unit = if native {
+        "systemd-sysext-initrd.service"
+    } else {
+        "systemd-sysext.service"
+    };
+    Entry::file(
+        &format!("etc/systemd/system/{unit}.d/{DROP_IN}"),
+        DROP_IN_TEXT,
+        0o644,
+        epoch,
+    )
 }
 
 /// A digest of these files, part of the base layer's cache key: a strata that ships other
