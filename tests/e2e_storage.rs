@@ -257,10 +257,16 @@ fn luks_cmdline(disk: &LuksDisk, extra: &str) -> String {
     )
 }
 
-/// Booted, the root is the ext4 inside the LUKS volume, through dm-crypt.
+/// Booted, the root is the ext4 inside the LUKS volume, through dm-crypt, mapped as
+/// systemd-cryptsetup names it for `rd.luks.uuid=` (`luks-UUID`).
 fn assert_luks_root(booted: &real_root::Booted, disk: &LuksDisk) {
+    assert_luks_root_named(booted, disk, &format!("luks-{}", disk.luks_uuid));
+}
+
+/// Booted, the root is the ext4 inside the LUKS volume, mapped as /dev/mapper/`name`.
+fn assert_luks_root_named(booted: &real_root::Booted, disk: &LuksDisk, name: &str) {
     let m = booted.reached();
-    assert_eq!(m.source, format!("/dev/mapper/luks-{}", disk.luks_uuid), "{}", m.line);
+    assert_eq!(m.source, format!("/dev/mapper/{name}"), "{}", m.line);
     assert_eq!(
         (m.fstype.as_str(), m.uuid.as_str(), m.stack.as_str()),
         ("ext4", disk.fs_uuid, "crypt,part,disk"),
@@ -305,13 +311,19 @@ fn luks_root_unlocks_with_the_cryptsetup_passphrase_credential() {
         ],
         ..Default::default()
     };
-    let booted = boot_with(&["storage"], &[&disk.image], &luks_cmdline(&disk, "ro"), &extra);
+    // The volume named on the command line (`rd.luks.name=UUID=NAME`), the root by its
+    // file system's UUID, as a user who names the mapping writes it.
+    let append = real_root::cmdline(
+        &format!("rd.luks.name={}=cryptroot root=UUID={}", disk.luks_uuid, disk.fs_uuid),
+        "ro",
+    );
+    let booted = boot_with(&["storage"], &[&disk.image], &append, &extra);
     assert!(
         !booted.console.contains(PROMPT),
         "asked for the passphrase although the credential has it:\n{}",
         tail(&booted.console)
     );
-    assert_luks_root(&booted, &disk);
+    assert_luks_root_named(&booted, &disk, "cryptroot");
 }
 
 #[test]
