@@ -177,7 +177,7 @@ for i in $(seq 1 "${ICOUNT_BOOTS:-1}"); do
     log=$res/console-icount-$name-$i.log
     QEMU_EXTRA="-icount shift=1,sleep=off" qemu_boot "$initrd" \
       "file=$res/root.img,if=virtio,format=raw,snapshot=on" "$append" \
-      'STRATA-ROOT uptime=([0-9.]+)' "$log" >/dev/null || die "icount boot $i of the $name initrd failed"
+      "$root_marker" "$log" >/dev/null || die "icount boot $i of the $name initrd failed"
     python3 - "$name" "$log" "$res/icount.jsonl" <<'PY'
 import json, re, sys
 name, log, rows = sys.argv[1:]
